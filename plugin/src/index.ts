@@ -111,6 +111,13 @@ function packBodies(events: ProxyEvent[]): string[] {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** Wait for `p`, but never longer than `ms`. */
+async function within(p: Promise<void>, ms: number): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([p, new Promise<void>((resolve) => (timer = setTimeout(resolve, ms)))]);
+  clearTimeout(timer);
+}
+
 /** Insert into a bounded set; returns false when the key was already there (i.e. a duplicate). */
 function remember(set: Set<string>, key: string): boolean {
   if (set.has(key)) return false;
@@ -126,9 +133,11 @@ function createSender(cfg: Config, log: (...args: unknown[]) => void) {
   const inflight = new Set<Promise<void>>();
   let queue: ProxyEvent[] = [];
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let failing = false; // last attempt failed: stop retrying and stop stalling opencode's hooks
 
   async function post(body: string): Promise<void> {
-    for (let attempt = 1; attempt <= 2; attempt++) {
+    const attempts = failing ? 1 : 2;
+    for (let attempt = 1; attempt <= attempts; attempt++) {
       try {
         const res = await fetch(endpoint, {
           method: "POST",
@@ -137,17 +146,21 @@ function createSender(cfg: Config, log: (...args: unknown[]) => void) {
           signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
         });
         await res.body?.cancel().catch(() => {});
-        if (res.ok) return;
+        if (res.ok) {
+          failing = false;
+          return;
+        }
         // 4xx other than 429 will fail the same way again: drop instead of retrying
         const retryable = res.status === 429 || res.status >= 500;
         log(`proxy answered ${res.status} (attempt ${attempt})`);
-        if (!retryable) return;
+        if (!retryable) return; // the proxy is up; the batch itself is bad
       } catch (err) {
         log(`send failed (attempt ${attempt}):`, String(err));
       }
-      if (attempt === 1) await sleep(RETRY_DELAY_MS);
+      failing = true;
+      if (attempt < attempts) await sleep(RETRY_DELAY_MS);
     }
-    log("dropping batch after retry");
+    log("dropping batch");
   }
 
   /** Send everything queued; resolves when it (and every earlier send) has settled. */
@@ -166,20 +179,22 @@ function createSender(cfg: Config, log: (...args: unknown[]) => void) {
     return Promise.allSettled([...inflight]).then(() => undefined);
   }
 
+  /**
+   * For hooks opencode awaits: deliver before the next LLM request. A failing or hanging proxy
+   * must not stall opencode, so wait at most one fetch timeout (dispose still waits for the rest).
+   */
+  function sync(): Promise<void> {
+    const sent = flush();
+    return failing ? Promise.resolve() : within(sent, FETCH_TIMEOUT_MS);
+  }
+
   function push(ev: ProxyEvent): void {
     queue.push(ev);
     if (queue.length >= FLUSH_AT) void flush();
     else if (!timer) timer = setTimeout(() => void flush(), FLUSH_DELAY_MS);
   }
 
-  /** Flush and wait for all in-flight sends, but never longer than `ms`. */
-  async function drain(ms: number): Promise<void> {
-    let deadline: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([flush(), new Promise<void>((r) => (deadline = setTimeout(r, ms)))]);
-    clearTimeout(deadline);
-  }
-
-  return { push, flush, drain };
+  return { push, flush, sync };
 }
 
 /** The user's prompt: the typed text parts, without synthetic ones (e.g. attached file contents). */
@@ -291,7 +306,7 @@ const NeatlogsProxyPlugin: Plugin = async () => {
 
   return {
     // opencode does not await `event`, but awaits `dispose` at exit: wait here for pending sends.
-    dispose: () => guard("dispose", () => sender.drain(DISPOSE_DEADLINE_MS)),
+    dispose: () => guard("dispose", () => within(sender.flush(), DISPOSE_DEADLINE_MS)),
 
     event: ({ event }) => guard("event", () => onEvent(event)),
 
@@ -305,7 +320,7 @@ const NeatlogsProxyPlugin: Plugin = async () => {
           model_id: model?.modelID ?? null,
           text: promptText(output.parts),
         });
-        await sender.flush(); // before the LLM request this prompt triggers
+        await sender.sync(); // before the LLM request this prompt triggers
       }),
 
     "chat.params": (input) =>
@@ -316,7 +331,7 @@ const NeatlogsProxyPlugin: Plugin = async () => {
           model_id: input.model.id,
           message_id: input.message.id,
         });
-        await sender.flush();
+        await sender.sync();
       }),
 
     "chat.headers": (input, output) =>
@@ -350,7 +365,7 @@ const NeatlogsProxyPlugin: Plugin = async () => {
           start_ts: started?.start ?? null,
           end_ts: Date.now(),
         });
-        await sender.flush(); // the tool result goes into the next LLM request
+        await sender.sync(); // the tool result goes into the next LLM request
       }),
   };
 };
