@@ -1,0 +1,144 @@
+"""Queueing: spans go to the local store and the durable spool at once; a thread drains the spool.
+
+The pipeline thread calls `submit` (two SQLite writes, no network). The exporter thread batches
+spool rows per destination key, keeps only the newest version of a re-exported span, POSTs, and
+acknowledges on 2xx. Retryable failures back off exponentially with jitter, honouring Retry-After;
+refusals (401, other 4xx) are logged once per episode and the rows kept in the dead-letter table.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+
+from addon import otlp
+from addon.spans import Span
+from addon.spool import Row, Spool
+from addon.store import LocalStore
+from addon.transport import OTLPTransport, Outcome
+
+log = logging.getLogger(__name__)
+
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+
+
+class Exporter:
+    def __init__(self, store: LocalStore, spool: Spool | None, transport: OTLPTransport | None,
+                 workflow_name: str, default_key: str | None, stats: dict[str, int] | None = None) -> None:
+        self.store = store
+        self.spool = spool
+        self.transport = transport
+        self.workflow = workflow_name
+        self.default_key = default_key
+        self.stats = stats if stats is not None else {}
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._failures = 0
+        self._refused: set[tuple[str | None, int | None]] = set()
+        self._thread = threading.Thread(target=self._run, name="neatlogs-exporter", daemon=True)
+
+    # ---- producer side (pipeline thread) ----
+
+    def submit(self, spans: list[Span], dest_key: str | None) -> None:
+        try:
+            self.store.upsert(spans)
+        except Exception as exc:  # the local copy is best effort; the spool is what must not fail
+            log.warning("local store write failed: %s", exc)
+        key = dest_key or self.default_key
+        if self.spool is None or self.transport is None or key is None:
+            return
+        self.spool.put(spans, dest_key)
+        self._wake.set()
+
+    # ---- consumer side ----
+
+    def start(self) -> None:
+        if self.spool is not None and self.transport is not None:
+            if self.spool.depth:
+                log.info("resuming delivery of %d spooled spans", self.spool.depth)
+            self._thread.start()
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            if delay:
+                self._stop.wait(delay)
+                if self._stop.is_set():
+                    break
+            else:
+                self._wake.wait(1.0)
+            self._wake.clear()
+            delay = self.drain_once()
+
+    def drain_once(self) -> float:
+        """Send what the spool holds; returns the delay before the next attempt (0 = as soon as woken)."""
+        assert self.spool is not None and self.transport is not None
+        while True:
+            rows = self.spool.take()
+            if not rows:
+                return 0.0
+            for dest, group in _by_dest(rows).items():
+                out = self._send(dest, group)
+                if out.ok:
+                    if self._failures:
+                        log.info("export recovered after %d failed attempts", self._failures)
+                    self._failures = 0
+                    self._refused.discard((dest, None))
+                    self.spool.ack([r.seq for r in group])
+                    self.stats["spans_exported"] = self.stats.get("spans_exported", 0) + len(group)
+                elif out.retry:
+                    self._failures += 1
+                    self.stats["export_failures"] = self.stats.get("export_failures", 0) + 1
+                    backoff = min(BACKOFF_BASE * 2 ** (self._failures - 1), BACKOFF_MAX)
+                    backoff = backoff * (0.5 + random.random() / 2)
+                    delay = max(out.retry_after or 0.0, backoff)
+                    if self._failures == 1 or self._failures % 20 == 0:
+                        log.warning("export to Neatlogs failed (%s); %d spans kept in the spool, retrying in "
+                                    "%.1fs", out.message or f"HTTP {out.status}", self.spool.depth, delay)
+                    return delay
+                else:
+                    self.stats["export_refused"] = self.stats.get("export_refused", 0) + len(group)
+                    if (dest, out.status) not in self._refused:
+                        self._refused.add((dest, out.status))
+                        hint = " (check NEATLOGS_API_KEY)" if out.status in (401, 403) else ""
+                        log.error("Neatlogs refused %d spans with HTTP %s%s: %s; they are kept in the "
+                                  "spool's dead-letter table", len(group), out.status, hint, out.message)
+                    self.spool.bury(group, f"HTTP {out.status}: {out.message}")
+
+    def _send(self, dest: str | None, rows: list[Row]) -> Outcome:
+        assert self.transport is not None
+        key = dest or self.default_key
+        if key is None:
+            return Outcome(False, status=None, message="no Neatlogs API key for these spans")
+        latest: dict[str, Span] = {}
+        for r in rows:  # rows are in seq order: the last version of a re-exported span wins
+            latest[r.span.span_id] = r.span
+        body = otlp.encode(latest.values(), self.workflow)
+        return self.transport.send(body, key)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the thread, then one last delivery attempt within the deadline (no retries)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if self.spool is None or self.transport is None:
+            return
+        deadline = time.monotonic() + max(timeout, 0.1)
+        if self.spool.depth and time.monotonic() < deadline:
+            try:
+                self.drain_once()
+            except Exception as exc:
+                log.warning("final flush failed: %s", exc)
+        if self.spool.depth:
+            log.info("%d spans stay in the spool for the next start", self.spool.depth)
+
+
+def _by_dest(rows: list[Row]) -> dict[str | None, list[Row]]:
+    out: dict[str | None, list[Row]] = {}
+    for r in rows:
+        out.setdefault(r.dest, []).append(r)
+    return out

@@ -1,0 +1,144 @@
+"""mitmproxy bootstrap: a bare Master with only the addons the proxy needs, on uvloop.
+
+DumpMaster loads ~30 addons (and a console log); a bare Master with core, proxyserver, nextlayer,
+tlsconfig and errorcheck forwards ~1.7x faster. Capture state, the pipeline thread and the exporter
+are built here and torn down in order on SIGTERM/SIGINT: stop accepting, let in-flight streams
+finish (bounded), flush the pipeline, final export attempt, spool keeps the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from mitmproxy import options
+from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from addon.capture import Capture
+from addon.correlate import Correlator
+from addon.endpoints import Endpoints
+from addon.export import Exporter
+from addon.pipeline import Pipeline
+from addon.spans import Content
+from addon.spool import Spool
+from addon.store import LocalStore
+from addon.transport import OTLPTransport
+from proxy.settings import Settings
+
+log = logging.getLogger("neatlogs.proxy")
+
+
+def scrubber(enabled: bool):  # type: ignore[no-untyped-def]
+    if not enabled:
+        return None
+    try:
+        from addon.redact import redact
+    except ImportError:  # pragma: no cover - redaction module ships with the package
+        log.warning("redaction module missing: content is exported unscrubbed")
+        return None
+    return redact
+
+
+def cost_function():  # type: ignore[no-untyped-def]
+    try:
+        from addon.cost import compute_cost
+    except ImportError:  # pragma: no cover
+        return None
+    return compute_cost
+
+
+class App:
+    """Everything one proxy process owns, wired together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stats: dict[str, int] = {}
+        data = settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        self.store = LocalStore(data / "traces.db")
+        self.spool = Spool(data / "spool.db", settings.spool_max_bytes)
+        self.transport = OTLPTransport(settings.traces_url, settings.export_timeout)
+        self.exporter = Exporter(self.store, self.spool, self.transport, settings.workflow_name,
+                                 settings.api_key, self.stats)
+        content = Content(settings.max_attribute_bytes, scrubber(settings.redact))
+        self.correlator = Correlator(self.exporter.submit, content,
+                                     capture_system_prompt=settings.capture_system_prompt,
+                                     idle_timeout=settings.idle_timeout, cost_fn=cost_function())
+        self.pipeline = Pipeline(self.correlator, self.stats)
+        self.endpoints = Endpoints(self)
+        self.started = time.time()
+
+    def addons(self) -> list[object]:
+        from addon.router import Router
+
+        return [Router(self.endpoints.handlers()), Capture(self.pipeline, self.stats)]
+
+    def where(self) -> str:
+        s = self.settings
+        local = f"local store {s.data_dir / 'traces.db'}"
+        if s.api_key:
+            return f"Neatlogs at {s.traces_url} (and a copy in the {local})"
+        return f"the {local} (no NEATLOGS_API_KEY; per-user keys from x-neatlogs-api-key still export)"
+
+    def close(self) -> None:
+        self.transport.close()
+        self.spool.close()
+        self.store.close()
+
+
+async def serve(settings: Settings) -> int:
+    app = App(settings)
+    opts = options.Options()
+    master = Master(opts, event_loop=asyncio.get_running_loop())
+    master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
+                      errorcheck.ErrorCheck(), *app.addons())
+    opts.update(
+        mode=["reverse:http://127.0.0.1:9"],  # placeholder: the router picks the upstream per request
+        listen_host=settings.host,
+        listen_port=settings.port,
+        connection_strategy="lazy",
+        keep_host_header=False,
+        ssl_insecure=False,
+        neatlogs_routes=settings.routes,
+        neatlogs_auth_tokens=settings.all_auth_tokens(),
+        neatlogs_max_capture_bytes=settings.max_capture_bytes,
+    )
+    app.pipeline.start()
+    app.exporter.start()
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stopping.set)
+
+    run = asyncio.create_task(master.run())
+    stopper = asyncio.create_task(stopping.wait())
+    log.info("neatlogs-proxy listening on http://%s:%d; routes: %s", settings.host, settings.port,
+             ", ".join(f"/{n}→{r.url}" for n, r in sorted(app.endpoints.routes().items())))
+    log.info("traces go to %s", app.where())
+    done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if run in done:
+        code = 1 if run.exception() else 0  # startup failed (port in use...): errorcheck logged why
+    else:
+        log.info("shutting down: finishing in-flight requests (up to %.0fs)", settings.shutdown_timeout)
+        ps = master.addons.get("proxyserver")
+        with contextlib.suppress(Exception):
+            await ps.servers.update([])  # stop accepting new connections
+        capture = master.addons.get("capture")
+        deadline = time.monotonic() + settings.shutdown_timeout
+        while capture is not None and capture.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        master.shutdown()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(run, timeout=5)
+    remaining = max(settings.shutdown_timeout, 1.0)
+    await asyncio.to_thread(app.pipeline.stop, remaining)
+    await asyncio.to_thread(app.exporter.stop, remaining)
+    app.close()
+    log.info("stopped")
+    return code
