@@ -12,14 +12,18 @@ from typing import Any
 
 from addon.decode import decode_body, decode_chunks
 from addon.model import Exchange, LLMRequest, LLMResponse, ProviderError
+from addon.parsers import openrouter
+from addon.parsers.anthropic import AnthropicMessages
 from addon.parsers.base import WireFormat
+from addon.parsers.gemini import Gemini
 from addon.parsers.openai_chat import OpenAIChat
+from addon.parsers.openai_responses import OpenAIResponses
 from addon.sse import decode_events
 
 log = logging.getLogger(__name__)
 
 # Order matters: the first format whose `matches` accepts the path wins.
-FORMATS: list[WireFormat] = [OpenAIChat()]
+FORMATS: list[WireFormat] = [OpenAIChat(), OpenAIResponses(), AnthropicMessages(), Gemini()]
 UNKNOWN = WireFormat()
 
 
@@ -46,7 +50,7 @@ def refine(fmt: WireFormat, route: str, upstream: str) -> WireFormat:
     return fmt
 
 
-_REFINERS: list[Any] = []
+_REFINERS: list[Any] = [openrouter.refine]
 
 
 def is_streaming(ex: Exchange) -> bool:
