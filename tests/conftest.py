@@ -309,8 +309,10 @@ class ProxyProcess:
         args: list[str] | tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         health_timeout: float = 30.0,
+        command_prefix: list[str] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.command_prefix = list(command_prefix or PROXY_CMD)
         self.routes = dict(routes or {})
         self.port = port or free_port()
         self.data_dir = data_dir or workdir / "data"
@@ -332,7 +334,7 @@ class ProxyProcess:
         return f"{self.url}/{name}"
 
     def command(self) -> list[str]:
-        cmd = [*PROXY_CMD, "--port", str(self.port), "--data-dir", str(self.data_dir)]
+        cmd = [*self.command_prefix, "--port", str(self.port), "--data-dir", str(self.data_dir)]
         for name, target in self.routes.items():
             cmd += ["--route", f"{name}={target}"]
         return cmd + self.args
@@ -373,9 +375,7 @@ class ProxyProcess:
                 return False
 
         try:
-            wait_until(
-                healthy, timeout or self.health_timeout, interval=0.1, message="proxy /_neatlogs/healthz"
-            )
+            wait_until(healthy, timeout or self.health_timeout, interval=0.1, message="proxy /_neatlogs/healthz")
         except AssertionError as exc:
             if isinstance(exc.__cause__, _ProxyExited):
                 raise AssertionError(str(exc.__cause__)) from None

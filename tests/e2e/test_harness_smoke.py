@@ -33,9 +33,7 @@ def _project(tmp_path: Path) -> Path:
 
 def test_opencode_against_fake_llm(fake_llm: FakeLLM, run_opencode, tmp_path: Path) -> None:
     workdir = _project(tmp_path)
-    fake_llm.script(
-        tool_then_answer("read", {"filePath": str(workdir / "notes.txt")}, answer="It says 4242.")
-    )
+    fake_llm.script(tool_then_answer("read", {"filePath": str(workdir / "notes.txt")}, answer="It says 4242."))
 
     result = run_opencode(workdir, "What is in notes.txt?", fake_llm.base_url)
 
@@ -153,9 +151,7 @@ def test_fake_llm_title_and_faults(fake_llm: FakeLLM) -> None:
     """Title requests (no tools) never consume scripted steps; faults behave as documented."""
     from tests.fakes.fake_llm import Step
 
-    fake_llm.script(
-        [Step(status=429, headers={"Retry-After": "1"}), Step(text="partial answer", cut_after=3)]
-    )
+    fake_llm.script([Step(status=429, headers={"Retry-After": "1"}), Step(text="partial answer", cut_after=3)])
     url = fake_llm.base_url + "/chat/completions"
     title = httpx.post(url, json={"model": "fake-small", "messages": [], "stream": False})
     assert title.json()["choices"][0]["message"]["content"] == DEFAULT_TITLE
@@ -169,3 +165,53 @@ def test_fake_llm_title_and_faults(fake_llm: FakeLLM) -> None:
         pass
     assert [r.kind for r in fake_llm.requests] == ["title", "main", "main"]
     assert fake_llm.steps_used == 2
+
+
+# A stand-in for the proxy: serves /_neatlogs/healthz on --port and logs its arguments and SIGTERM.
+_STANDIN = r"""
+import argparse, os, signal, sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+ap = argparse.ArgumentParser()
+ap.add_argument("--port", type=int)
+ap.add_argument("--data-dir")
+ap.add_argument("--route", action="append", default=[])
+a = ap.parse_args()
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200 if self.path == "/_neatlogs/healthz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+def term(*_):
+    print("got SIGTERM", flush=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+print("routes", a.route, "endpoint", os.environ.get("NEATLOGS_ENDPOINT"), flush=True)
+HTTPServer(("127.0.0.1", a.port), H).serve_forever()
+"""
+
+
+def test_proxy_process_fixture_mechanics(proxy_process, tmp_path: Path) -> None:
+    """Start/health-check/kill -9/restart/stop work, on the same port and data dir."""
+    import sys
+
+    script = tmp_path / "standin.py"
+    script.write_text(_STANDIN)
+    proxy = proxy_process(
+        routes={"fake": "http://127.0.0.1:1"},
+        endpoint="http://127.0.0.1:2",
+        command_prefix=[sys.executable, str(script)],
+    )
+    assert httpx.get(proxy.url + "/_neatlogs/healthz").status_code == 200
+    assert proxy.route_url("fake") == f"http://127.0.0.1:{proxy.port}/fake"
+    port = proxy.port
+
+    proxy.kill9()
+    assert not proxy.running
+    proxy.restart()
+    assert proxy.port == port and proxy.running
+    assert proxy.stop() == 0
+    logs = proxy.logs()
+    assert "routes ['fake=http://127.0.0.1:1'] endpoint http://127.0.0.1:2" in logs
+    assert "got SIGTERM" in logs

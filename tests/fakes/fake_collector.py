@@ -265,9 +265,7 @@ class FakeCollector:
             out[s.span_id] = s
         return out
 
-    def wait_for[T](
-        self, predicate: Callable[[FakeCollector], T], timeout: float = 15.0, message: str = ""
-    ) -> T:
+    def wait_for[T](self, predicate: Callable[[FakeCollector], T], timeout: float = 15.0, message: str = "") -> T:
         """Poll ``predicate(self)`` until truthy; return its value (AssertionError on timeout)."""
         return wait_until(lambda: predicate(self), timeout, message=message or "collector predicate")
 

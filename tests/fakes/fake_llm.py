@@ -83,6 +83,7 @@ class Step:
     framing: str = "chunked"  # "chunked" or "close" (no length, Connection: close)
     text_chunks: int = 4  # how many content deltas the text is split into
     arg_chunks: int = 3  # how many fragments each tool call's arguments are split into
+    usage_chunk: bool | None = None  # streamed usage chunk: None = when requested, False/True = never/always
     gate: threading.Event | None = None  # if set, wait for it (max 60 s) before answering
 
     def resolved_finish_reason(self) -> str:
@@ -452,6 +453,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, build_completion(step, model), rec, step)
             return
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        if step.usage_chunk is not None:
+            include_usage = step.usage_chunk
         self._stream(step, rec, build_events(step, model, include_usage))
 
     def _stream(self, step: Step, rec: RecordedRequest, events: list[dict[str, Any]]) -> None:

@@ -8,9 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import IO
 
 
-def wait_until[T](
-    fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str | None = None
-) -> T:
+def wait_until[T](fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str | None = None) -> T:
     """Poll ``fn`` until it returns something truthy and return that value.
 
     Tests must never sleep a fixed time; they wait for state under a deadline. Exceptions raised by
