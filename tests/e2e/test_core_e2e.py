@@ -80,7 +80,8 @@ def test_opencode_session_exported_as_one_trace(fake_llm: FakeLLM, fake_collecto
         assert a["neatlogs.llm.token_count.prompt"] == usage.prompt_tokens - usage.cached_tokens
         assert a["neatlogs.llm.token_count.completion"] == usage.completion_tokens
         assert a["neatlogs.llm.token_count.cache_read"] == usage.cached_tokens
-        assert a["neatlogs.llm.token_count.total"] == usage.prompt_tokens - usage.cached_tokens + usage.completion_tokens
+        total = usage.prompt_tokens - usage.cached_tokens + usage.completion_tokens
+        assert a["neatlogs.llm.token_count.total"] == total
         assert a["http.response.status_code"] == 200
         assert "Read README.md and summarize it" in a["input.value"]
         assert a["neatlogs.llm.time_to_first_token_ms"] >= 0

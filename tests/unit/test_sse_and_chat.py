@@ -13,7 +13,8 @@ from addon.parsers import parse_exchange, select
 from addon.sse import SSEDecoder, decode_events
 
 
-def chunk(delta: dict | None = None, finish: str | None = None, usage: dict | None = None, choices: bool = True) -> dict:
+def chunk(delta: dict | None = None, finish: str | None = None, usage: dict | None = None,
+          choices: bool = True) -> dict:
     c: dict = {"id": "chatcmpl-42", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4.1-2025"}
     c["choices"] = [{"index": 0, "delta": delta or {}, "finish_reason": finish}] if choices else []
     if usage is not None:
@@ -61,7 +62,8 @@ def exchange(body: bytes, *, stream: bool = True, status: int = 200, split: int 
 
 def test_parallel_tool_calls_text_usage_done() -> None:
     ex = exchange(b"")
-    ex.chunks = [(2_000 + i, sse_bytes([c], done=False)) for i, c in enumerate(PARALLEL)] + [(3_000, b"data: [DONE]\n\n")]
+    ex.chunks = [(2_000 + i, sse_bytes([c], done=False)) for i, c in enumerate(PARALLEL)]
+    ex.chunks.append((3_000, b"data: [DONE]\n\n"))
     fmt, req, res = parse_exchange(ex)
     assert fmt.api == "openai.chat"
     assert req.model == "gpt-4.1" and req.stream and req.system == ["You are opencode."]
@@ -101,7 +103,8 @@ def test_cut_connection_records_an_error() -> None:
 
 
 def test_in_band_error_after_200() -> None:
-    body = sse_bytes([chunk({"content": "x"})], done=False) + b'data: {"error": {"type": "overloaded", "message": "busy"}}\n\n'
+    err = b'data: {"error": {"type": "overloaded", "message": "busy"}}\n\n'
+    body = sse_bytes([chunk({"content": "x"})], done=False) + err
     res = parse_exchange(exchange(body))[2]
     assert res.error is not None and (res.error.type, res.error.message) == ("overloaded", "busy")
 
