@@ -445,6 +445,9 @@ class Correlator:
         a["neatlogs.agent.framework"] = "opencode"
         a["gen_ai.operation.name"] = "invoke_agent"
         put_io(self.content, a, "agent", s.first_prompt, s.last_output)
+        # The official plugin's root is a WORKFLOW span; keep its keys too (our spans are a superset).
+        self.content.put(a, "neatlogs.workflow.input", s.first_prompt)
+        self.content.put(a, "neatlogs.workflow.output", s.last_output)
         if s.title:
             a["neatlogs.session.title"] = s.title
         if s.agent:
