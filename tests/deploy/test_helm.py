@@ -367,6 +367,8 @@ def test_service_monitor_is_well_formed(full_render: dict[str, Any], full_objs: 
     assert sm["metadata"]["labels"]["release"] == "prometheus"
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "http" and endpoint["path"] == "/_neatlogs/metrics"
+    # /_neatlogs/metrics needs the gateway token when auth is on
+    assert endpoint["authorization"] == {"type": "Bearer", "credentials": {"name": "neatlogs-metrics", "key": "token"}}
     assert set(sm["spec"]["selector"]["matchLabels"].items()) <= set(full_objs["Service"]["metadata"]["labels"].items())
     assert sm["spec"]["namespaceSelector"] == {"matchNames": ["obs"]}
     (doc,) = [d for d in manifest_docs(full_render) if d["kind"] == "ServiceMonitor"]
