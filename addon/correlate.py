@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[list[Span], str | None], None]
 CostFn = Callable[[str | None, str | None, Usage], float | None]
+Observe = Callable[[str, str, int | None, float, float | None, Usage | None, float | None, str | None], None]
 
 TITLE_AGENT = "title"
 UNMATCHED_KEEP_NS = 300 * 10**9
@@ -128,6 +129,7 @@ class Correlator:
         cost_fn: CostFn | None = None,
         session_ttl: float = 3600.0,
         default_api_key: str | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self.emit = emit
         self.content = content
@@ -136,6 +138,7 @@ class Correlator:
         self.cost_fn = cost_fn
         self.ttl_ns = int(session_ttl * 1e9)
         self.default_api_key = default_api_key
+        self.observe = observe
         self.sessions: dict[str, Session] = {}
 
     # ---- sessions -------------------------------------------------------------------------------
@@ -210,6 +213,10 @@ class Correlator:
             status_code=STATUS_ERROR if error else STATUS_OK,
             status_message=_error_message(res, ex) if error else "", session_id=s.id,
         )
+        if self.observe is not None:
+            ttft = (res.first_token_ns - start) / 1e9 if res.first_token_ns else None
+            etype = res.error.type if res.error else ("truncated" if res.truncated else None)
+            self.observe(ex.route, model, ex.status, (end - start) / 1e9, ttft, usage, cost, etype)
         call = LLMCall(span, usage, model, is_title, end, cost=cost)
         s.calls.append(call)
         s.n_calls += 1

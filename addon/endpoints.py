@@ -50,9 +50,7 @@ class Endpoints:
             flow.response = json_response(200, {"status": "ready", "spool_depth": app.spool.depth})
 
     def metrics(self, flow: http.HTTPFlow) -> None:
-        from addon.metrics import render
-
-        body, ctype = render(self.app)
+        body, ctype = self.app.metrics.render()
         flow.response = http.Response.make(200, body, {"content-type": ctype})
 
     def events(self, flow: http.HTTPFlow) -> None:

@@ -116,8 +116,8 @@ def _response(fmt: WireFormat, ex: Exchange) -> LLMResponse:
         body = raw.decode("utf-8", "replace")
     if ex.status >= 400:
         return LLMResponse(error=fmt.parse_error(ex.status, body))
-    if not isinstance(body, dict):
-        return LLMResponse(error=ProviderError("invalid_response", "response body is not a JSON object"))
+    if not isinstance(body, dict | list):  # a list: Gemini's streamGenerateContent without alt=sse
+        return LLMResponse(error=ProviderError("invalid_response", "response body is not JSON"))
     res = fmt.parse_body(body)
     _mark_cut(res, ex)
     return res

@@ -31,11 +31,11 @@ class OpenAIChat(WireFormat):
         req.params = {dst: body[src] for src, dst in _PARAMS.items() if src in body}
         if "stream" in body:
             req.params["stream"] = req.stream
-        for tool in body.get("tools") or []:
+        for tool in _list(body.get("tools")):
             fn = tool.get("function") if isinstance(tool, dict) else None
             if isinstance(fn, dict) and isinstance(fn.get("name"), str):
                 req.tools.append(fn["name"])
-        for msg in body.get("messages") or []:
+        for msg in _list(body.get("messages")):
             if not isinstance(msg, dict):
                 continue
             role = str(msg.get("role") or "user")
@@ -46,7 +46,7 @@ class OpenAIChat(WireFormat):
             if role == "tool":
                 m.tool_call_id = msg.get("tool_call_id")
                 m.name = msg.get("name")
-            for tc in msg.get("tool_calls") or []:
+            for tc in _list(msg.get("tool_calls")):
                 if isinstance(tc, dict):
                     fn = tc.get("function") or {}
                     m.tool_calls.append(ToolCall(str(tc.get("id") or ""), str(fn.get("name") or ""),
@@ -76,7 +76,9 @@ class OpenAIChat(WireFormat):
             for choice in chunk.get("choices") or []:
                 if not isinstance(choice, dict):
                     continue
-                delta = choice.get("delta") or {}
+                delta = choice.get("delta")
+                if not isinstance(delta, dict):
+                    delta = {}
                 content = delta.get("content")
                 if isinstance(content, str) and content:
                     text.append(content)
@@ -111,13 +113,17 @@ class OpenAIChat(WireFormat):
         if not isinstance(body, dict):
             return res
         apply_chunk_meta(res, body)
-        for choice in (body.get("choices") or [])[:1]:
-            msg = choice.get("message") or {}
+        for choice in _list(body.get("choices"))[:1]:
+            msg = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(msg, dict):
+                continue
             res.text = as_text(msg.get("content"))
             rc = msg.get("reasoning_content") or msg.get("reasoning")
             res.reasoning = rc if isinstance(rc, str) else ""
-            for tc in msg.get("tool_calls") or []:
-                fn = tc.get("function") or {}
+            for tc in _list(msg.get("tool_calls")):
+                fn = tc.get("function") if isinstance(tc, dict) else None
+                if not isinstance(fn, dict):
+                    continue
                 res.tool_calls.append(ToolCall(str(tc.get("id") or ""), str(fn.get("name") or ""),
                                                _args(fn.get("arguments"))))
             res.finish_reason = choice.get("finish_reason")
@@ -147,6 +153,10 @@ def chat_usage(u: dict[str, Any]) -> Usage:
         reasoning_tokens=to_int(cd.get("reasoning_tokens")),
         provider_cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
     )
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def _args(value: Any) -> str:
