@@ -1,9 +1,8 @@
 """Helpers shared by the deployment tests: finding the CLI tools installed by
-scripts/install-deploy-tools.sh, and skipping locally (but failing in CI) when they are absent."""
+scripts/install-deploy-tools.sh (scripts/test.sh runs it), and failing clearly when they are absent."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,11 +14,8 @@ INSTALL_HINT = "run: bash scripts/install-deploy-tools.sh .venv"
 
 
 def missing(what: str) -> None:
-    """Skip on a developer machine, fail in CI, when a deployment tool is not installed."""
-    message = f"{what} is not installed ({INSTALL_HINT})"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    """A missing tool is a failure, never a skip: a skipped check would hide a broken deployment."""
+    pytest.fail(f"{what} is not installed ({INSTALL_HINT})")
 
 
 def find_tool(name: str) -> str:

@@ -178,8 +178,6 @@ def test_image_command_parses_with_the_image_env(final: list[tuple[str, str]], t
     """`neatlogs-proxy run --help` with the image's environment: the console script target imports,
     `run` is a subcommand and the settings from ENV are accepted."""
     module, _, func = project_scripts()["neatlogs-proxy"].partition(":")
-    if not (ROOT / (module.replace(".", "/") + ".py")).exists():
-        pytest.skip(f"{module} is not written yet")
     env = {k: v for k, v in env_of(final).items() if k.startswith(("NEATLOGS_", "PYTHON"))}
     env |= {"NEATLOGS_PROXY_DATA_DIR": str(tmp_path), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     code = (
