@@ -109,6 +109,17 @@ function packBodies(events: ProxyEvent[]): string[] {
   return bodies;
 }
 
+/** One batch per session, in order: each POST can be routed by its session. */
+function bySession(events: ProxyEvent[]): Map<string, ProxyEvent[]> {
+  const out = new Map<string, ProxyEvent[]>();
+  for (const ev of events) {
+    const list = out.get(ev.session_id);
+    if (list) list.push(ev);
+    else out.set(ev.session_id, [ev]);
+  }
+  return out;
+}
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Wait for `p`, but never longer than `ms`. */
@@ -135,13 +146,15 @@ function createSender(cfg: Config, log: (...args: unknown[]) => void) {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let failing = false; // last attempt failed: stop retrying and stop stalling opencode's hooks
 
-  async function post(body: string): Promise<void> {
+  async function post(body: string, sessionID: string): Promise<void> {
     const attempts = failing ? 1 : 2;
     for (let attempt = 1; attempt <= attempts; attempt++) {
       try {
         const res = await fetch(endpoint, {
           method: "POST",
-          headers,
+          // x-session-id lets a gateway's consistent hashing send the events to the replica that
+          // serves this session's LLM traffic.
+          headers: { ...headers, "x-session-id": sessionID },
           body,
           signal: AbortSignal.timeout(FETCH_TIMEOUT_MS),
         });
@@ -171,9 +184,11 @@ function createSender(cfg: Config, log: (...args: unknown[]) => void) {
     queue = [];
     if (batch.length > 0) {
       log(`sending ${batch.length} event(s):`, batch.map((e) => e.type).join(", "));
-      for (const body of packBodies(batch)) {
-        const p: Promise<void> = post(body).finally(() => inflight.delete(p));
-        inflight.add(p);
+      for (const [sessionID, events] of bySession(batch)) {
+        for (const body of packBodies(events)) {
+          const p: Promise<void> = post(body, sessionID).finally(() => inflight.delete(p));
+          inflight.add(p);
+        }
       }
     }
     return Promise.allSettled([...inflight]).then(() => undefined);
