@@ -18,6 +18,7 @@ import time
 
 from mitmproxy import http, options, version
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+from mitmproxy.connection import ConnectionState
 from mitmproxy.master import Master
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
@@ -101,7 +102,7 @@ def install_json_errors() -> None:
             route = route_of(self.request)
             if status is not None and route is not None:
                 # Same as the original branch, with the route in the body.
-                if not (self.conn.state & _http1.ConnectionState.CAN_WRITE):
+                if not (self.conn.state & ConnectionState.CAN_WRITE):
                     return
                 body = json_error_bytes(status, event.message, _ERROR_TYPES.get(event.code), route)
                 yield commands.SendData(self.conn, body)
@@ -197,9 +198,14 @@ async def serve(settings: Settings) -> int:
     app.exporter.start()
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    hurry = asyncio.Event()  # a second signal: stop waiting for in-flight requests
+
+    def on_signal() -> None:
+        (hurry if stopping.is_set() else stopping).set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stopping.set)
+            loop.add_signal_handler(sig, on_signal)
 
     run = asyncio.create_task(master.run())
     stopper = asyncio.create_task(stopping.wait())
@@ -208,23 +214,25 @@ async def serve(settings: Settings) -> int:
     log.info("traces go to %s", app.where())
     done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
+    deadline = time.monotonic() + settings.shutdown_timeout
     if run in done:
         code = 1 if run.exception() else 0  # startup failed (port in use...): errorcheck logged why
     else:
         log.info("shutting down: finishing in-flight requests (up to %.0fs)", settings.shutdown_timeout)
         ps = master.addons.get("proxyserver")
         with contextlib.suppress(Exception):
-            await ps.servers.update([])  # stop accepting new connections
+            await ps.servers.update([])  # stop accepting new connections; open ones carry on
         capture = master.addons.get("capture")
-        deadline = time.monotonic() + settings.shutdown_timeout
-        while capture is not None and capture.inflight and time.monotonic() < deadline:
+        while capture is not None and capture.inflight and time.monotonic() < deadline and not hurry.is_set():
             await asyncio.sleep(0.05)
+        if capture is not None and capture.inflight:
+            log.warning("%d requests still in flight at the shutdown deadline: closing them", capture.inflight)
         master.shutdown()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(run, timeout=5)
-    remaining = max(settings.shutdown_timeout, 1.0)
-    await asyncio.to_thread(app.pipeline.stop, remaining)
-    await asyncio.to_thread(app.exporter.stop, remaining)
+    # Capture → spans → spool, then a last delivery attempt; what is not acknowledged stays spooled.
+    await asyncio.to_thread(app.pipeline.stop, max(deadline - time.monotonic(), 2.0))
+    await asyncio.to_thread(app.exporter.stop, max(deadline - time.monotonic(), 2.0))
     app.close()
     log.info("stopped")
     return code
