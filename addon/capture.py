@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 
 from mitmproxy import ctx, http
 
@@ -20,30 +21,64 @@ from proxy.routes import Route
 log = logging.getLogger(__name__)
 
 KEY = "neatlogs.exchange"
+# Request bodies larger than this are streamed upstream chunk by chunk instead of being buffered by
+# mitmproxy first: memory stays flat for big uploads and the upstream sees the first byte at once.
+STREAM_REQUEST_OVER = 1024 * 1024
+
+# Routed requests → their route, for the JSON error answers mitmproxy's own failures get (see
+# proxy/server.py: install_json_errors). Keyed by the request object mitmproxy's HTTP/1 server layer
+# shares with the flow; weak, so nothing outlives its connection.
+ROUTE_OF: weakref.WeakKeyDictionary[http.Request, Route] = weakref.WeakKeyDictionary()
+
+
+def route_of(request: http.Request | None) -> Route | None:
+    if request is None:
+        return None
+    try:
+        return ROUTE_OF.get(request)
+    except TypeError:  # pragma: no cover - unhashable stand-in
+        return None
 
 
 class Tap:
-    """`flow.response.stream` / `flow.request.stream` callable: copy up to `limit` bytes, pass all."""
+    """`flow.response.stream` / `flow.request.stream` callable: copy up to `limit` bytes, pass all.
 
-    __slots__ = ("chunks", "limit", "size", "truncated")
+    `total` counts every byte that went through. With `drop_on_overflow` the copy is released as soon
+    as the limit is passed (a cut JSON request body is useless to the parsers, so why hold it).
+    """
 
-    def __init__(self, chunks: list[tuple[int, bytes]], limit: int) -> None:
+    __slots__ = ("chunks", "drop_on_overflow", "limit", "size", "total", "truncated")
+
+    def __init__(self, chunks: list[tuple[int, bytes]], limit: int, drop_on_overflow: bool = False) -> None:
         self.chunks = chunks
         self.limit = limit
         self.size = 0
+        self.total = 0
         self.truncated = False
+        self.drop_on_overflow = drop_on_overflow
 
     def __call__(self, data: bytes) -> bytes:
         if data:
-            if self.size < self.limit:
+            self.total += len(data)
+            if not self.truncated and self.size + len(data) <= self.limit:
                 self.chunks.append((time.time_ns(), data))
                 self.size += len(data)
-            else:
+            elif not self.truncated:
                 self.truncated = True
+                if self.drop_on_overflow:
+                    self.chunks.clear()
+                    self.size = 0
+                else:  # keep an exact prefix of `limit` bytes
+                    room = self.limit - self.size
+                    if room > 0:
+                        self.chunks.append((time.time_ns(), data[:room]))
+                        self.size += room
         return data
 
 
 class Capture:
+    """Every hook is guarded: a capture failure is logged and counted, and the traffic goes on."""
+
     def __init__(self, pipeline: Pipeline, stats: dict[str, int] | None = None) -> None:
         self.pipeline = pipeline
         self.stats = stats if stats is not None else {}
@@ -53,6 +88,12 @@ class Capture:
         loader.add_option("neatlogs_max_capture_bytes", int, 16 * 1024 * 1024,
                           "Bytes of each request/response body kept for capture (traffic is never cut).")
 
+    def _failed(self, what: str) -> None:
+        self.stats["capture_errors"] = self.stats.get("capture_errors", 0) + 1
+        log.exception("capture %s failed (traffic not affected)", what)
+
+    # ---- hooks ----
+
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         route: Route | None = flow.metadata.get("neatlogs.route")
         if route is None:
@@ -60,11 +101,11 @@ class Capture:
         try:
             self._start(flow, route)
         except Exception:
-            self.stats["capture_errors"] = self.stats.get("capture_errors", 0) + 1
-            log.exception("capture setup failed (traffic not affected)")
+            self._failed("setup")
 
     def _start(self, flow: http.HTTPFlow, route: Route) -> None:
         req = flow.request
+        ROUTE_OF[req] = route
         hints: dict[str, str] = flow.metadata.get("neatlogs.hints", {})
         path, _, query = req.path.partition("?")
         if route.base_path and path.startswith(route.base_path):
@@ -81,11 +122,16 @@ class Capture:
         flow.metadata[KEY] = ex
         self.inflight += 1
         limit = ctx.options.neatlogs_max_capture_bytes
-        length = req.headers.get("content-length")
-        big = length is None and "chunked" in req.headers.get("transfer-encoding", "").lower()
-        if big or (length is not None and length.isdigit() and int(length) > limit):
-            # Large uploads stream through; we keep the first `limit` bytes only.
-            tap = Tap([], limit)
+        length = req.headers.get("content-length", "").strip()
+        declared = int(length) if length.isdigit() else None
+        if declared is None and not req.headers.get("transfer-encoding"):
+            return  # no body (or mitmproxy rejects the framing before we get here)
+        if declared is None or declared > STREAM_REQUEST_OVER:
+            # Stream it: mitmproxy forwards each chunk as it arrives instead of buffering the whole body.
+            # A body already known to exceed the capture limit is not copied at all (the parsers can't
+            # use a cut JSON document); one of unknown length is copied until it passes the limit.
+            over = declared is not None and declared > limit
+            tap = Tap([], 0 if over else limit, drop_on_overflow=True)
             flow.request.stream = tap
             flow.metadata["neatlogs.request_tap"] = tap
 
@@ -93,20 +139,27 @@ class Capture:
         ex: Exchange | None = flow.metadata.get(KEY)
         if ex is None:
             return
-        tap: Tap | None = flow.metadata.get("neatlogs.request_tap")
-        if tap is not None:
-            ex.request_body = b"".join(c for _, c in tap.chunks)
-            ex.request_body_truncated = tap.truncated
-        else:
-            ex.request_body = flow.request.raw_content
+        try:
+            tap: Tap | None = flow.metadata.get("neatlogs.request_tap")
+            if tap is not None:
+                ex.request_body = b"".join(c for _, c in tap.chunks)
+                ex.request_body_truncated = tap.truncated
+                tap.chunks.clear()
+            else:
+                ex.request_body = flow.request.raw_content
+        except Exception:
+            self._failed("of the request body")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(KEY)
         if ex is None or flow.response is None:
             return
-        tap = Tap(ex.chunks, ctx.options.neatlogs_max_capture_bytes)
-        flow.response.stream = tap
-        flow.metadata["neatlogs.response_tap"] = tap
+        try:
+            tap = Tap(ex.chunks, ctx.options.neatlogs_max_capture_bytes)
+            flow.response.stream = tap
+            flow.metadata["neatlogs.response_tap"] = tap
+        except Exception:
+            self._failed("of the response")
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow, None)
@@ -119,15 +172,37 @@ class Capture:
         if ex is None:
             return
         self.inflight -= 1
+        try:
+            self._complete(flow, ex, error)
+        except Exception:
+            self._failed("at the end of the exchange")
+            return
+        self.pipeline.submit_exchange(ex)
+
+    def _complete(self, flow: http.HTTPFlow, ex: Exchange, error: str | None) -> None:
         ex.end_ns = time.time_ns()
         if flow.response is not None:
             ex.status = flow.response.status_code
             ex.response_headers = safe_headers(flow.response.headers.items())
             tap: Tap | None = flow.metadata.get("neatlogs.response_tap")
             ex.response_truncated = bool(tap and tap.truncated)
-        if ex.request_body is None and flow.request.raw_content is not None and error is None:
+            if tap is None and flow.response.raw_content:  # answered without streaming (e.g. by an addon)
+                ex.chunks.append((ex.end_ns, flow.response.raw_content))
+        if ex.request_body is None and error is None and flow.request.raw_content is not None:
             ex.request_body = flow.request.raw_content
+        if ex.request_body is None and error is not None:
+            rtap: Tap | None = flow.metadata.get("neatlogs.request_tap")
+            if rtap is not None:  # the request never completed: keep what was captured of it
+                ex.request_body = b"".join(c for _, c in rtap.chunks)
+                ex.request_body_truncated = rtap.truncated
         if error is not None:
             ex.error = error
             ex.cancelled = "client" in error.lower()
-        self.pipeline.submit_exchange(ex)
+            counter = "client_cancelled" if ex.cancelled else "upstream_errors"
+            self.stats[counter] = self.stats.get(counter, 0) + 1
+            route = flow.metadata.get("neatlogs.route")
+            if ex.cancelled:
+                log.info("client went away during %s %s (route %r): %s", ex.method, ex.path, ex.route, error)
+            else:
+                log.warning("route %r (%s): %s %s failed: %s", ex.route, route.url if route else ex.upstream,
+                            ex.method, ex.path, error)
