@@ -43,14 +43,24 @@ class Exporter:
     # ---- producer side (pipeline thread) ----
 
     def submit(self, spans: list[Span], dest_key: str | None) -> None:
+        """Never raises: a failure here is logged and counted, the caller (capture) carries on."""
         try:
             self.store.upsert(spans)
         except Exception as exc:  # the local copy is best effort; the spool is what must not fail
+            self.stats["store_errors"] = self.stats.get("store_errors", 0) + 1
             log.warning("local store write failed: %s", exc)
         key = dest_key or self.default_key
         if self.spool is None or self.transport is None or key is None:
             return
-        self.spool.put(spans, dest_key)
+        try:
+            self.spool.put(spans, dest_key)
+        except Exception as exc:
+            self.stats["spool_errors"] = self.stats.get("spool_errors", 0) + 1
+            self.stats["spans_lost"] = self.stats.get("spans_lost", 0) + len(spans)
+            log.error("spool write failed, %d spans will not be exported: %s", len(spans), exc)
+            return
+        if self.spool.dropped:
+            self.stats["spool_dropped"] = self.spool.dropped
         self._wake.set()
 
     # ---- consumer side ----
@@ -71,17 +81,32 @@ class Exporter:
             else:
                 self._wake.wait(1.0)
             self._wake.clear()
-            delay = self.drain_once()
+            try:
+                delay = self.drain_once()
+            except Exception:  # a bug or a broken spool must not end delivery for good
+                self._failures += 1
+                self.stats["export_errors"] = self.stats.get("export_errors", 0) + 1
+                log.exception("export attempt failed unexpectedly; spans stay in the spool")
+                delay = self._backoff()
 
-    def drain_once(self) -> float:
-        """Send what the spool holds; returns the delay before the next attempt (0 = as soon as woken)."""
+    def _backoff(self) -> float:
+        """Exponential backoff with jitter: 0.5 s, 1 s, 2 s, ... up to BACKOFF_MAX, each scaled by 0.5-1."""
+        backoff = min(BACKOFF_BASE * 2 ** max(self._failures - 1, 0), BACKOFF_MAX)
+        return backoff * (0.5 + random.random() / 2)
+
+    def drain_once(self, deadline: float | None = None) -> float:
+        """Send what the spool holds; returns the delay before the next attempt (0 = as soon as woken).
+
+        With a `deadline` (time.monotonic()) it stops taking new batches once it has passed.
+        """
         assert self.spool is not None and self.transport is not None
-        while True:
+        while deadline is None or time.monotonic() < deadline:
             rows = self.spool.take()
             if not rows:
                 return 0.0
             for dest, group in _by_dest(rows).items():
-                out = self._send(dest, group)
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.5)
+                out = self._send(dest, group, left)
                 if out.ok:
                     if self._failures:
                         log.info("export recovered after %d failed attempts", self._failures)
@@ -92,9 +117,7 @@ class Exporter:
                 elif out.retry:
                     self._failures += 1
                     self.stats["export_failures"] = self.stats.get("export_failures", 0) + 1
-                    backoff = min(BACKOFF_BASE * 2 ** (self._failures - 1), BACKOFF_MAX)
-                    backoff = backoff * (0.5 + random.random() / 2)
-                    delay = max(out.retry_after or 0.0, backoff)
+                    delay = max(out.retry_after or 0.0, self._backoff())
                     if self._failures == 1 or self._failures % 20 == 0:
                         log.warning("export to Neatlogs failed (%s); %d spans kept in the spool, retrying in "
                                     "%.1fs", out.message or f"HTTP {out.status}", self.spool.depth, delay)
@@ -107,8 +130,9 @@ class Exporter:
                         log.error("Neatlogs refused %d spans with HTTP %s%s: %s; they are kept in the "
                                   "spool's dead-letter table", len(group), out.status, hint, out.message)
                     self.spool.bury(group, f"HTTP {out.status}: {out.message}")
+        return 0.0
 
-    def _send(self, dest: str | None, rows: list[Row]) -> Outcome:
+    def _send(self, dest: str | None, rows: list[Row], timeout: float | None = None) -> Outcome:
         assert self.transport is not None
         key = dest or self.default_key
         if key is None:
@@ -117,20 +141,28 @@ class Exporter:
         for r in rows:  # rows are in seq order: the last version of a re-exported span wins
             latest[r.span.span_id] = r.span
         body = otlp.encode(latest.values(), self.workflow)
-        return self.transport.send(body, key)
+        if timeout is None:
+            return self.transport.send(body, key)
+        return self.transport.send(body, key, timeout=timeout)
 
     def stop(self, timeout: float) -> None:
-        """Stop the thread, then one last delivery attempt within the deadline (no retries)."""
+        """Stop the thread, then one last delivery attempt within the deadline (no retries).
+
+        Whatever is not acknowledged by then stays in the spool and is delivered after the next start.
+        """
+        deadline = time.monotonic() + max(timeout, 0.1)
         self._stop.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self.spool is None or self.transport is None:
             return
-        deadline = time.monotonic() + max(timeout, 0.1)
+        if self._thread.is_alive():  # stuck in a slow POST: don't race it, the spool keeps everything
+            log.info("export still in progress at shutdown; unacknowledged spans stay in the spool")
+            return
         if self.spool.depth and time.monotonic() < deadline:
             try:
-                self.drain_once()
+                self.drain_once(deadline)
             except Exception as exc:
                 log.warning("final flush failed: %s", exc)
         if self.spool.depth:

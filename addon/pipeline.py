@@ -75,6 +75,12 @@ class Pipeline:
                 except Exception:
                     log.exception("turn timer failed")
         try:
+            # Shutdown: turns whose final answer was seen and only wait for their quiet period end now
+            # (root span + turn marker ship), then everything else shippable is shipped.
+            self.correlator.tick(now_ns=2**62)
+        except Exception:
+            log.exception("closing finished turns at shutdown failed")
+        try:
             self.correlator.flush()
         except Exception:
             log.exception("final flush of open sessions failed")

@@ -56,6 +56,8 @@ class Spool:
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives process crashes
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.execute("PRAGMA journal_size_limit=8388608")  # truncate the WAL after checkpoints
         self.db.executescript(_SCHEMA)
         os.chmod(path, 0o600)  # rows may carry per-user API keys
         self.bytes, self.depth = self.db.execute("SELECT COALESCE(SUM(size),0), COUNT(*) FROM spool").fetchone()
@@ -96,16 +98,35 @@ class Spool:
                       "is the Neatlogs endpoint reachable?", self.max_bytes, self.dropped)
 
     def take(self, limit: int = 512, max_bytes: int = 4 * 1024 * 1024) -> list[Row]:
+        """The oldest rows, up to `limit` rows / `max_bytes` (at least one row)."""
+        bad: list[tuple[int, str | None, str, str]] = []
         with self.lock:
-            cur = self.db.execute("SELECT seq, dest, payload, size FROM spool ORDER BY seq LIMIT ?", (limit,))
+            rows = self.db.execute("SELECT seq, dest, payload, size FROM spool ORDER BY seq LIMIT ?",
+                                   (limit,)).fetchall()
             out: list[Row] = []
             total = 0
-            for seq, dest, payload, size in cur:
+            for seq, dest, payload, size in rows:
                 if out and total + size > max_bytes:
                     break
+                try:
+                    span = Span.model_validate_json(payload)
+                except ValueError as exc:  # written by an incompatible version, or damaged: set aside
+                    bad.append((seq, dest, payload, f"unreadable spool row: {exc}"[:500]))
+                    continue
                 total += size
-                out.append(Row(seq, dest, Span.model_validate_json(payload)))
-            return out
+                out.append(Row(seq, dest, span))
+            if bad:
+                self.db.execute("BEGIN")
+                for seq, dest, payload, reason in bad:
+                    self.db.execute("INSERT OR REPLACE INTO dead(seq, dest, span_id, payload, reason, failed) "
+                                    "VALUES (?,?,?,?,?,?)", (seq, dest, "", payload, reason, time.time()))
+                    self.db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+                self.db.execute("COMMIT")
+                self.bytes, self.depth = self.db.execute(
+                    "SELECT COALESCE(SUM(size),0), COUNT(*) FROM spool").fetchone()
+        if bad:
+            log.error("%d unreadable spool rows moved to the dead-letter table", len(bad))
+        return out
 
     def ack(self, seqs: list[int]) -> None:
         if not seqs:

@@ -48,10 +48,13 @@ class OTLPTransport:
         self.url = url
         self.client = httpx.Client(timeout=timeout, headers={"User-Agent": USER_AGENT})
 
-    def send(self, body: bytes, api_key: str) -> Outcome:
+    def send(self, body: bytes, api_key: str, timeout: float | None = None) -> Outcome:
         headers = {"Content-Type": "application/x-protobuf", "x-api-key": api_key}
         try:
-            r = self.client.post(self.url, content=body, headers=headers)
+            if timeout is None:
+                r = self.client.post(self.url, content=body, headers=headers)
+            else:
+                r = self.client.post(self.url, content=body, headers=headers, timeout=timeout)
         except httpx.HTTPError as exc:
             return Outcome(False, retry=True, message=f"{type(exc).__name__}: {exc}")
         if 200 <= r.status_code < 300:
