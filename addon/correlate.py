@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[list[Span], str | None], None]
 CostFn = Callable[[str | None, str | None, Usage], float | None]
+History = Callable[[str], "dict[str, Any] | None"]
 Observe = Callable[[str, str, int | None, float, float | None, Usage | None, float | None, str | None], None]
 
 TITLE_AGENT = "title"
@@ -130,6 +131,7 @@ class Correlator:
         session_ttl: float = 3600.0,
         default_api_key: str | None = None,
         observe: Observe | None = None,
+        history: History | None = None,
     ) -> None:
         self.emit = emit
         self.content = content
@@ -139,6 +141,7 @@ class Correlator:
         self.ttl_ns = int(session_ttl * 1e9)
         self.default_api_key = default_api_key
         self.observe = observe
+        self.history = history
         self.sessions: dict[str, Session] = {}
 
     # ---- sessions -------------------------------------------------------------------------------
@@ -152,12 +155,32 @@ class Correlator:
             s.parent_id = parent_id
             if parent_id:
                 s.parent_span_id = self._subagent_parent_span(parent, parent_id, sid)
+            self._resume(s)
             self.sessions[sid] = s
         elif api_key and s.api_key != api_key:
             s.api_key = api_key
         if parent_id and not s.parent_id:
             s.parent_id = parent_id
         return s
+
+    def _resume(self, s: Session) -> None:
+        """A session this process has not seen (restart, forgotten after its TTL): continue its totals."""
+        if self.history is None:
+            return
+        try:
+            h = self.history(s.id)
+        except Exception as exc:
+            log.debug("no history for %s: %s", s.id, exc)
+            return
+        if not h:
+            return
+        s.start_ns, s.last_ns = h["start_ns"], h["end_ns"]
+        s.n_calls, s.turns = h["llm_calls"], h["turns"]
+        s.tokens = Usage(h["input"], h["output"], h["cache_read"], h["cache_write"], h["reasoning"])
+        if h["cost"] is not None:
+            s.cost, s.has_cost = float(h["cost"]), True
+        s.title, s.first_prompt, s.agent = h["title"], h["first_prompt"], h["agent"]
+        s.tools_counted = {f"earlier-{i}" for i in range(h["tool_calls"])}
 
     def _subagent_parent_span(self, parent: Session | None, parent_id: str, child: str) -> str:
         """The parent's `task` tool span that started this subagent, else the parent's root."""

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from addon.spans import Span
 
@@ -79,6 +80,32 @@ class LocalStore:
             rows = self.db.execute(q, (limit,)).fetchall()
         return [SessionSummary(r[0], r[1], r[2], r[3], int(r[4] or 0), int(r[5] or 0), int(r[6] or 0), r[7], r[8])
                 for r in rows]
+
+    def session_history(self, session_id: str) -> dict[str, Any] | None:
+        """What earlier runs of this proxy exported for a session, so a restart continues its totals."""
+        q = """
+        SELECT COUNT(*) FILTER (WHERE kind='LLM'), COUNT(*) FILTER (WHERE kind='TOOL'),
+          COUNT(*) FILTER (WHERE name='neatlogs.trace.complete'), MIN(start_ns), MAX(end_ns),
+          SUM(CASE WHEN kind='LLM' THEN json_extract(attributes,'$."gen_ai.usage.input_tokens"') END),
+          SUM(CASE WHEN kind='LLM' THEN json_extract(attributes,'$."gen_ai.usage.output_tokens"') END),
+          SUM(CASE WHEN kind='LLM' THEN json_extract(attributes,'$."gen_ai.usage.cache_read.input_tokens"') END),
+          SUM(CASE WHEN kind='LLM' THEN json_extract(attributes,'$."gen_ai.usage.cache_creation.input_tokens"') END),
+          SUM(CASE WHEN kind='LLM' THEN json_extract(attributes,'$."neatlogs.llm.token_count.reasoning"') END),
+          SUM(CASE WHEN kind='LLM' THEN json_extract(attributes,'$."neatlogs.llm.cost_usd"') END)
+        FROM spans WHERE session_id=?"""
+        with self.lock:
+            row = self.db.execute(q, (session_id,)).fetchone()
+            root = self.db.execute("SELECT attributes FROM spans WHERE session_id=? AND kind='AGENT'",
+                                   (session_id,)).fetchone()
+        if not row or not row[3]:
+            return None
+        attrs = json.loads(root[0]) if root else {}
+        tools = max(int(row[1] or 0), int(attrs.get("neatlogs.session.tool_calls", 0)))
+        return {"llm_calls": int(row[0] or 0), "tool_calls": tools, "turns": int(row[2] or 0),
+                "start_ns": int(row[3]), "end_ns": int(row[4]), "input": int(row[5] or 0),
+                "output": int(row[6] or 0), "cache_read": int(row[7] or 0), "cache_write": int(row[8] or 0),
+                "reasoning": int(row[9] or 0), "cost": row[10], "title": attrs.get("neatlogs.session.title"),
+                "first_prompt": attrs.get("input.value"), "agent": attrs.get("neatlogs.agent.name")}
 
     def trace_spans(self, session_id: str) -> list[Span]:
         """All spans of the trace that holds this session (subagents included)."""

@@ -152,7 +152,7 @@ class App:
         self.correlator = Correlator(self.exporter.submit, content,
                                      capture_system_prompt=settings.capture_system_prompt,
                                      idle_timeout=settings.idle_timeout, cost_fn=cost_function(),
-                                     observe=self.metrics.observe_call)
+                                     observe=self.metrics.observe_call, history=self.store.session_history)
         self.pipeline = Pipeline(self.correlator, self.stats)
         self.metrics.attach(self)
         self.endpoints = Endpoints(self)

@@ -164,3 +164,34 @@ def test_routes_healthz_and_unknown_route(proxy_process) -> None:
     err = r.json()["error"]
     assert err["type"] == "unknown_route" and set(err["routes"]) >= {"fake", "openai", "anthropic", "google",
                                                                       "openrouter"}
+
+
+def test_restart_continues_session_totals(fake_llm: FakeLLM, fake_collector: FakeCollector, proxy_process) -> None:
+    """Turn 2 of a session after a proxy restart lands in the same trace and keeps counting."""
+    from tests.fakes.fake_llm import text_step
+
+    fake_llm.script([text_step("first answer", usage=Usage(100, 10)), text_step("second answer", usage=Usage(200, 20))])
+    proxy = proxy_process(routes={"fake": fake_llm.url}, endpoint=fake_collector.url, api_key=API_KEY,
+                          args=["--idle-timeout", "0.5"])
+    tools = [{"type": "function", "function": {"name": "read", "parameters": {}}}]
+    body = {"model": "fake-model", "stream": True, "stream_options": {"include_usage": True}, "tools": tools,
+            "messages": [{"role": "user", "content": "first question"}]}
+    headers = {"x-session-id": "ses_restart"}
+
+    def root_with(calls: int):  # type: ignore[no-untyped-def]
+        roots = [s for s in fake_collector.latest_by_span_id().values() if s.name == "opencode.session"]
+        return roots[0] if roots and roots[0].attributes["neatlogs.session.llm_calls"] == calls else None
+
+    assert httpx.post(proxy.route_url("fake") + "/v1/chat/completions", json=body, headers=headers).status_code == 200
+    first = wait_until(lambda: root_with(1), timeout=15)
+    proxy.restart()
+    body["messages"] += [{"role": "assistant", "content": "first answer"}, {"role": "user", "content": "second"}]
+    assert httpx.post(proxy.route_url("fake") + "/v1/chat/completions", json=body, headers=headers).status_code == 200
+    second = wait_until(lambda: root_with(2), timeout=15)
+    assert (second.trace_id, second.span_id) == (first.trace_id, first.span_id)
+    a = second.attributes
+    assert a["neatlogs.session.turns"] == 2
+    assert a["neatlogs.session.token_count.prompt"] == 300 and a["neatlogs.session.token_count.completion"] == 30
+    assert a["input.value"] == "first question" and a["output.value"] == "second answer"
+    markers = {s.span_id for s in fake_collector.latest_by_span_id().values() if s.name == "neatlogs.trace.complete"}
+    assert len(markers) == 2
