@@ -160,8 +160,22 @@ class Correlator:
         elif api_key and s.api_key != api_key:
             s.api_key = api_key
         if parent_id and not s.parent_id:
-            s.parent_id = parent_id
+            self._adopt(s, parent_id)
         return s
+
+    def _adopt(self, s: Session, parent_id: str) -> None:
+        """The parent became known after the session was created (a plugin event came first): move the
+        session into the parent's trace, and re-ship what already went out under the old trace id."""
+        parent = self.sessions.get(parent_id)
+        s.parent_id = parent_id
+        s.trace_id = parent.trace_id if parent else trace_id_for(parent_id)
+        s.parent_span_id = self._subagent_parent_span(parent, parent_id, s.id)
+        for call in s.calls:
+            call.span.trace_id = s.trace_id
+            call.dirty = call.shipped
+        for run in s.tools.values():
+            if run.shipped_source is not None:
+                run.shipped_source = "stale"
 
     def _resume(self, s: Session) -> None:
         """A session this process has not seen (restart, forgotten after its TTL): continue its totals."""
@@ -453,7 +467,7 @@ class Correlator:
                                output=output, source="plugin", title=p.title, metadata=p.metadata,
                                error=p.error)
             failed = p.error is not None
-        elif run.wire_end_ns is not None and run.shipped_source is None and (end_turn or not s.plugin):
+        elif run.wire_end_ns is not None and run.shipped_source in (None, "stale") and (end_turn or not s.plugin):
             run.shipped_source = "wire"
             start, end = run.wire_start_ns or run.wire_end_ns, run.wire_end_ns
             attrs = tool_attrs(self.content, session_id=s.id, call_id=run.call_id, name=run.name,
