@@ -242,6 +242,9 @@ class Correlator:
             start_ns=start,
             cost=cost,
             cost_source=cost_source,
+            method=ex.method,
+            path=ex.path,
+            request_headers=ex.request_headers,
         )
         model = req.model or res.model or "unknown"
         span = Span(
@@ -328,6 +331,7 @@ class Correlator:
         parent = e.parent_id if isinstance(e, ev.SessionInfo) else None
         s = self.session(e.session_id, parent_id=parent, api_key=api_key)
         s.plugin = True
+        s.last_ns = s.last_ns or time.time_ns()  # seen now: `tick` must not forget a plugin-first session
         if e.ts:
             ts = int(e.ts * 1_000_000)
             s.start_ns = min(s.start_ns or ts, ts)

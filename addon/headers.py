@@ -11,12 +11,18 @@ SECRET_HEADERS = frozenset({
     "x-goog-user-project",
 })
 OUR_PREFIX = "x-neatlogs-"
+_SECRET_NAME = re.compile(r"(?i)auth|api-?key|token|secret|passw|cookie|credential|signature")
 _SECRET_QUERY = re.compile(r"(?i)\b(key|api_key|apikey|token|access_token)=([^&]*)")
 
 
 def safe_headers(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     """Lower-cased headers without credentials: what capture may keep."""
-    return {k.lower(): v for k, v in items if k.lower() not in SECRET_HEADERS}
+    out = {}
+    for k, v in items:
+        name = k.lower()
+        if name not in SECRET_HEADERS and not _SECRET_NAME.search(name):
+            out[name] = v
+    return out
 
 
 def redact_query(query: str) -> str:

@@ -140,8 +140,17 @@ def llm_attrs(
     start_ns: int,
     cost: float | None,
     cost_source: str | None,
+    method: str | None = None,
+    path: str | None = None,
+    request_headers: dict[str, str] | None = None,
 ) -> dict[str, AttrValue]:
     a = base_attrs("LLM", session_id)
+    if method:
+        a["http.request.method"] = method
+    if path:
+        a["url.path"] = path
+    if request_headers:
+        a["neatlogs.http.request.headers"] = _json(request_headers)
     model = req.model or res.model or "unknown"
     a["neatlogs.llm.model_name"] = model
     a["neatlogs.llm.provider"] = provider

@@ -83,6 +83,9 @@ def test_opencode_session_exported_as_one_trace(fake_llm: FakeLLM, fake_collecto
         total = usage.prompt_tokens - usage.cached_tokens + usage.completion_tokens
         assert a["neatlogs.llm.token_count.total"] == total
         assert a["http.response.status_code"] == 200
+        assert a["http.request.method"] == "POST" and a["url.path"] == "/v1/chat/completions"
+        sent = json.loads(a["neatlogs.http.request.headers"])
+        assert sent["x-session-id"] == session_id and "authorization" not in sent
         assert "Read README.md and summarize it" in a["input.value"]
         assert a["neatlogs.llm.time_to_first_token_ms"] >= 0
         assert span.status_code == 1
