@@ -76,7 +76,7 @@ class AnthropicMessages(WireFormat):
                 if not isinstance(piece, str):
                     continue
                 if block is None:  # a delta without its block start: infer the block from the delta
-                    btype = {"text_delta": "text", "thinking_delta": "thinking"}.get(dtype, "tool_use")
+                    btype = {"text_delta": "text", "thinking_delta": "thinking"}.get(str(dtype), "tool_use")
                     block = blocks[_key(data.get("index"))] = [btype, [], None, None]
                     if btype == "tool_use":
                         block[2] = ToolCall("", "")

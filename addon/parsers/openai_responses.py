@@ -225,7 +225,8 @@ def _failed(resp: Any) -> ProviderError:
 
 
 def _error_event(data: dict[str, Any]) -> ProviderError:
-    err = data.get("error") if isinstance(data.get("error"), dict) else data
+    inner = data.get("error")
+    err: dict[str, Any] = inner if isinstance(inner, dict) else data
     return ProviderError(str(err.get("code") or err.get("type") or "stream_error"),
                          str(err.get("message") or ""))
 
