@@ -151,6 +151,7 @@ def opencode_config(
     """The opencode.json for a project talking to an OpenAI-compatible provider named ``fake``.
 
     ``cost`` is USD per 1M tokens (models.dev convention); ``limit`` is optional for custom models.
+    ``extra_config`` is deep-merged in; a ``None`` value there drops the key.
     """
     config: dict[str, Any] = {
         "$schema": "https://opencode.ai/config.json",
@@ -176,9 +177,13 @@ def opencode_config(
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge; a ``None`` in ``extra`` removes the key (e.g. ``{"small_model": None}``)."""
     out = copy.deepcopy(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 

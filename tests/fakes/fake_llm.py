@@ -38,6 +38,7 @@ class Usage:
     completion_tokens: int = 20
     cached_tokens: int = 0
     reasoning_tokens: int | None = None
+    cost: float | None = None  # OpenRouter's in-band `usage.cost` (USD), sent only when set
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -48,6 +49,8 @@ class Usage:
         }
         if self.reasoning_tokens is not None:
             out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens}
+        if self.cost is not None:
+            out["cost"] = self.cost
         return out
 
 
