@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from addon.model import LLMRequest, LLMResponse, Message, ProviderError, ToolCall, Usage
-from addon.parsers.base import WireFormat, as_text, loads, to_int
+from addon.parsers.base import WireFormat, as_list, as_text, loads, new_request, to_int
 from addon.sse import SSEEvent
 
 _PARAMS = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens"}
@@ -29,28 +29,19 @@ class AnthropicMessages(WireFormat):
         return path.endswith("/messages")
 
     def parse_request(self, body: Any, path: str) -> LLMRequest:
-        req = LLMRequest(api=self.api)
-        if not isinstance(body, dict):
-            req.error = "request body is not a JSON object"
+        req = new_request(self.api, body, _PARAMS)
+        if req.error:
             return req
-        req.model = body.get("model") if isinstance(body.get("model"), str) else None
-        req.stream = body.get("stream") is True
-        req.params = {dst: body[src] for src, dst in _PARAMS.items() if src in body}
-        if "stream" in body:
-            req.params["stream"] = req.stream
-        for tool in _list(body.get("tools")):
-            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                req.tools.append(tool["name"])
         system = body.get("system")
         if isinstance(system, str):
             if system:
                 req.system.append(system)
         else:
-            for block in _list(system):
+            for block in as_list(system):
                 text = block.get("text") if isinstance(block, dict) else block
                 if isinstance(text, str):
                     req.system.append(text)
-        for msg in _list(body.get("messages")):
+        for msg in as_list(body.get("messages")):
             if isinstance(msg, dict):
                 _message(req.messages, msg)
         return req
@@ -146,7 +137,7 @@ class AnthropicMessages(WireFormat):
         res.finish_reason = body.get("stop_reason") if isinstance(body.get("stop_reason"), str) else None
         text: list[str] = []
         reasoning: list[str] = []
-        for block in _list(body.get("content")):
+        for block in as_list(body.get("content")):
             if not isinstance(block, dict):
                 continue
             btype = block.get("type")
@@ -195,7 +186,7 @@ def _message(out: list[Message], msg: dict[str, Any]) -> None:
     m = Message(role=role)
     rest: list[Any] = []
     results: list[Message] = []
-    for block in _list(content):
+    for block in as_list(content):
         if not isinstance(block, dict):
             rest.append(block)
             continue
@@ -236,9 +227,6 @@ def _key(index: Any) -> Any:
 def _sort_key(k: Any) -> tuple[int, str]:
     return (k, "") if isinstance(k, int) else (1 << 30, str(k))
 
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _str(value: Any) -> str | None:

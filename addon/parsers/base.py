@@ -41,6 +41,33 @@ class WireFormat:
         return error_from_body(status, body)
 
 
+def as_list(value: Any) -> list[Any]:
+    """Request and response fields that should be lists, tolerating anything else as empty."""
+    return value if isinstance(value, list) else []
+
+
+def new_request(api: str, body: Any, params: dict[str, str]) -> LLMRequest:
+    """The prologue JSON request formats share: model, stream flag, the sampling parameters in `params`
+    (source key → our name). Sets `error` when the body is not an object; callers return early then."""
+    req = LLMRequest(api=api)
+    if not isinstance(body, dict):
+        req.error = "request body is not a JSON object"
+        return req
+    req.model = body.get("model") if isinstance(body.get("model"), str) else None
+    req.stream = body.get("stream") is True
+    req.params = {dst: body[src] for src, dst in params.items() if src in body}
+    if "stream" in body:
+        req.params["stream"] = req.stream
+    for tool in as_list(body.get("tools")):
+        name = tool.get("name") if isinstance(tool, dict) else None
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(fn, dict):  # Chat Completions nests the name under `function`
+            name = fn.get("name")
+        if isinstance(name, str):
+            req.tools.append(name)
+    return req
+
+
 def error_from_body(status: int, body: Any) -> ProviderError:
     """Most providers answer `{"error": {"type"|"code"|"status", "message"}}`; fall back to the text."""
     err = body.get("error") if isinstance(body, dict) else None

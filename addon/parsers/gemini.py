@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from addon.model import LLMRequest, LLMResponse, Message, ProviderError, ToolCall, Usage
-from addon.parsers.base import WireFormat, loads, to_int
+from addon.parsers.base import WireFormat, as_list, loads, to_int
 from addon.sse import SSEEvent
 
 _PARAMS = {"temperature": "temperature", "topP": "top_p", "maxOutputTokens": "max_tokens"}
@@ -56,25 +56,25 @@ class Gemini(WireFormat):
         config = body.get("generationConfig") or body.get("generation_config")
         if isinstance(config, dict):
             req.params.update({dst: config[src] for src, dst in _PARAMS.items() if src in config})
-        for tool in _list(body.get("tools")):
+        for tool in as_list(body.get("tools")):
             decls = (tool.get("functionDeclarations") or tool.get("function_declarations")
                      if isinstance(tool, dict) else None)
-            for decl in _list(decls):
+            for decl in as_list(decls):
                 if isinstance(decl, dict) and isinstance(decl.get("name"), str):
                     req.tools.append(decl["name"])
         system = body.get("systemInstruction") or body.get("system_instruction")
         if isinstance(system, str):
             req.system.append(system)
         elif isinstance(system, dict):
-            for part in _list(system.get("parts")):
+            for part in as_list(system.get("parts")):
                 if isinstance(part, dict) and isinstance(part.get("text"), str):
                     req.system.append(part["text"])
         pending: dict[str, list[str]] = {}  # name -> ids of unanswered calls of the last model turn
-        for content in _list(body.get("contents")):
+        for content in as_list(body.get("contents")):
             if not isinstance(content, dict):
                 continue
             role = content.get("role")
-            parts = [p for p in _list(content.get("parts")) if isinstance(p, dict)]
+            parts = [p for p in as_list(content.get("parts")) if isinstance(p, dict)]
             if role == "model":
                 m = Message(role="assistant", content=_text(parts))
                 m.tool_calls = _calls(parts)
@@ -166,10 +166,10 @@ def _apply_chunk(res: LLMResponse, chunk: dict[str, Any], text: list[str], reaso
     if isinstance(chunk.get("usageMetadata"), dict):
         res.usage = gemini_usage(chunk["usageMetadata"])
     got = False
-    candidates = _list(chunk.get("candidates"))
+    candidates = as_list(chunk.get("candidates"))
     cand = candidates[0] if candidates and isinstance(candidates[0], dict) else {}
     content = cand.get("content")
-    for part in _list(content.get("parts")) if isinstance(content, dict) else []:
+    for part in as_list(content.get("parts")) if isinstance(content, dict) else []:
         if not isinstance(part, dict):
             continue
         if isinstance(part.get("text"), str) and part["text"]:
@@ -258,6 +258,3 @@ def _response_text(response: Any) -> str:
         return response
     return "" if response is None else json.dumps(response, ensure_ascii=False)
 
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []

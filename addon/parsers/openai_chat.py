@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from addon.model import LLMRequest, LLMResponse, Message, ProviderError, ToolCall, Usage
-from addon.parsers.base import WireFormat, as_text, loads, to_int
+from addon.parsers.base import WireFormat, as_list, as_text, loads, new_request, to_int
 from addon.sse import SSEEvent
 
 _PARAMS = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_tokens",
@@ -22,20 +22,10 @@ class OpenAIChat(WireFormat):
         return path.endswith("/chat/completions")
 
     def parse_request(self, body: Any, path: str) -> LLMRequest:
-        req = LLMRequest(api=self.api)
-        if not isinstance(body, dict):
-            req.error = "request body is not a JSON object"
+        req = new_request(self.api, body, _PARAMS)
+        if req.error:
             return req
-        req.model = body.get("model") if isinstance(body.get("model"), str) else None
-        req.stream = body.get("stream") is True
-        req.params = {dst: body[src] for src, dst in _PARAMS.items() if src in body}
-        if "stream" in body:
-            req.params["stream"] = req.stream
-        for tool in _list(body.get("tools")):
-            fn = tool.get("function") if isinstance(tool, dict) else None
-            if isinstance(fn, dict) and isinstance(fn.get("name"), str):
-                req.tools.append(fn["name"])
-        for msg in _list(body.get("messages")):
+        for msg in as_list(body.get("messages")):
             if not isinstance(msg, dict):
                 continue
             role = str(msg.get("role") or "user")
@@ -46,7 +36,7 @@ class OpenAIChat(WireFormat):
             if role == "tool":
                 m.tool_call_id = msg.get("tool_call_id")
                 m.name = msg.get("name")
-            for tc in _list(msg.get("tool_calls")):
+            for tc in as_list(msg.get("tool_calls")):
                 if isinstance(tc, dict):
                     fn = tc.get("function") or {}
                     m.tool_calls.append(ToolCall(str(tc.get("id") or ""), str(fn.get("name") or ""),
@@ -113,14 +103,14 @@ class OpenAIChat(WireFormat):
         if not isinstance(body, dict):
             return res
         apply_chunk_meta(res, body)
-        for choice in _list(body.get("choices"))[:1]:
+        for choice in as_list(body.get("choices"))[:1]:
             msg = choice.get("message") if isinstance(choice, dict) else None
             if not isinstance(msg, dict):
                 continue
             res.text = as_text(msg.get("content"))
             rc = msg.get("reasoning_content") or msg.get("reasoning")
             res.reasoning = rc if isinstance(rc, str) else ""
-            for tc in _list(msg.get("tool_calls")):
+            for tc in as_list(msg.get("tool_calls")):
                 fn = tc.get("function") if isinstance(tc, dict) else None
                 if not isinstance(fn, dict):
                     continue
@@ -154,9 +144,6 @@ def chat_usage(u: dict[str, Any]) -> Usage:
         provider_cost_usd=float(cost) if isinstance(cost, int | float) and not isinstance(cost, bool) else None,
     )
 
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _args(value: Any) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from addon.model import LLMRequest, LLMResponse, Message, ProviderError, ToolCall, Usage
-from addon.parsers.base import WireFormat, as_text, loads, to_int
+from addon.parsers.base import WireFormat, as_list, as_text, loads, new_request, to_int
 from addon.sse import SSEEvent
 
 _PARAMS = {"temperature": "temperature", "top_p": "top_p", "max_output_tokens": "max_tokens"}
@@ -30,18 +30,9 @@ class OpenAIResponses(WireFormat):
         return path.endswith("/responses")
 
     def parse_request(self, body: Any, path: str) -> LLMRequest:
-        req = LLMRequest(api=self.api)
-        if not isinstance(body, dict):
-            req.error = "request body is not a JSON object"
+        req = new_request(self.api, body, _PARAMS)
+        if req.error:
             return req
-        req.model = body.get("model") if isinstance(body.get("model"), str) else None
-        req.stream = body.get("stream") is True
-        req.params = {dst: body[src] for src, dst in _PARAMS.items() if src in body}
-        if "stream" in body:
-            req.params["stream"] = req.stream
-        for tool in _list(body.get("tools")):
-            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                req.tools.append(tool["name"])
         instructions = body.get("instructions")
         if isinstance(instructions, str) and instructions:
             req.system.append(instructions)
@@ -50,7 +41,7 @@ class OpenAIResponses(WireFormat):
             req.messages.append(Message(role="user", content=items))
             return req
         assistant: Message | None = None  # the assistant message function calls attach to
-        for item in _list(items):
+        for item in as_list(items):
             if not isinstance(item, dict):
                 continue
             kind = item.get("type") or "message"
@@ -145,12 +136,12 @@ class OpenAIResponses(WireFormat):
         _apply_response_meta(res, body)
         text: list[str] = []
         reasoning: list[str] = []
-        for item in _list(body.get("output")):
+        for item in as_list(body.get("output")):
             if not isinstance(item, dict):
                 continue
             kind = item.get("type")
             if kind == "message":
-                for part in _list(item.get("content")):
+                for part in as_list(item.get("content")):
                     if isinstance(part, dict) and isinstance(part.get("text"), str):
                         text.append(part["text"])
                     elif isinstance(part, dict) and isinstance(part.get("refusal"), str):
@@ -159,7 +150,7 @@ class OpenAIResponses(WireFormat):
                 res.tool_calls.append(ToolCall(str(item.get("call_id") or item.get("id") or ""),
                                                str(item.get("name") or ""), _args(item.get("arguments"))))
             elif kind == "reasoning":
-                parts = _list(item.get("summary")) or _list(item.get("content"))
+                parts = as_list(item.get("summary")) or as_list(item.get("content"))
                 reasoning.extend(p["text"] for p in parts
                                  if isinstance(p, dict) and isinstance(p.get("text"), str))
         res.text = "".join(text)
@@ -230,9 +221,6 @@ def _error_event(data: dict[str, Any]) -> ProviderError:
     return ProviderError(str(err.get("code") or err.get("type") or "stream_error"),
                          str(err.get("message") or ""))
 
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
 
 
 def _str(value: Any) -> str | None:
