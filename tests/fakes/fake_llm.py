@@ -174,6 +174,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
+    request_queue_size = 256  # listen backlog: the default 5 drops SYNs under many concurrent streams
 
 
 class FakeLLM:
