@@ -69,6 +69,7 @@ class Exporter:
         if self.spool is not None and self.transport is not None:
             if self.spool.depth:
                 log.info("resuming delivery of %d spooled spans", self.spool.depth)
+                self._wake.set()  # start at once, not at the first poll
             self._thread.start()
 
     def _run(self) -> None:
