@@ -231,6 +231,8 @@ def run_opencode(opencode_bin: Path, tmp_path: Path) -> RunOpencode:
     Writes ``opencode.json`` into ``workdir`` and uses a fresh HOME per call. ``plugins`` are paths
     (turned into file:// URLs) or npm specs; ``extra_config`` is deep-merged into the config;
     ``print_logs``/``log_level`` send opencode's logs to stderr; ``args`` are appended to the command.
+    ``home`` reuses a given HOME instead (created if missing): a later turn of a session
+    (``args=["--session", id]``) needs the HOME that holds the session's opencode storage.
     """
     counter = iter(range(1_000_000))
 
@@ -246,11 +248,15 @@ def run_opencode(opencode_bin: Path, tmp_path: Path) -> RunOpencode:
         print_logs: bool = False,
         log_level: str | None = None,
         args: list[str] | tuple[str, ...] = (),
+        home: Path | None = None,
     ) -> OpencodeRun:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        home = tmp_path / f"opencode-home-{next(counter)}"
-        home.mkdir()
+        if home is None:
+            home = tmp_path / f"opencode-home-{next(counter)}"
+            home.mkdir()
+        else:
+            home.mkdir(parents=True, exist_ok=True)
         config = opencode_config(provider_base_url, model, extra_config)
         if plugins:
             config["plugin"] = [_plugin_spec(p) for p in plugins]
