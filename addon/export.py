@@ -9,7 +9,9 @@ refusals (401, other 4xx) are logged once per episode and the rows kept in the d
 from __future__ import annotations
 
 import logging
+import math
 import random
+import re
 import threading
 import time
 
@@ -23,6 +25,42 @@ log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+INT64 = 2**63
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_value(v: object) -> object:
+    """What OTLP, SQLite and the spool's JSON can all carry: int64, finite doubles, valid UTF-8."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return v if -INT64 <= v < INT64 else str(v)
+    if isinstance(v, float):
+        return v if math.isfinite(v) else str(v)
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates, e.g. from a "\udcff" JSON escape
+            return _SURROGATE.sub("\ufffd", v)
+        return v
+    if isinstance(v, list):
+        return [_clean_value(x) for x in v]
+    return v
+
+
+def sanitize(spans: list[Span]) -> list[Span]:
+    """Make sure one odd value (absurd number, broken text) can never poison a whole export batch."""
+    for s in spans:
+        for k, v in list(s.attributes.items()):
+            c = _clean_value(v)
+            if c is not v:
+                s.attributes[k] = c  # type: ignore[assignment]
+        for field in ("name", "status_message"):
+            val = getattr(s, field)
+            c = _clean_value(val)
+            if c is not val:
+                setattr(s, field, c)
+    return spans
 
 
 class Exporter:
@@ -44,6 +82,10 @@ class Exporter:
 
     def submit(self, spans: list[Span], dest_key: str | None) -> None:
         """Never raises: a failure here is logged and counted, the caller (capture) carries on."""
+        try:
+            sanitize(spans)
+        except Exception as exc:  # pragma: no cover - defensive
+            log.warning("span sanitizing failed: %s", exc)
         try:
             self.store.upsert(spans)
         except Exception as exc:  # the local copy is best effort; the spool is what must not fail
@@ -107,7 +149,13 @@ class Exporter:
                 return 0.0
             for dest, group in _by_dest(rows).items():
                 left = None if deadline is None else max(deadline - time.monotonic(), 0.5)
-                out = self._send(dest, group, left)
+                try:
+                    out = self._send(dest, group, left)
+                except _Unencodable:
+                    group = self._set_aside_unencodable(group)
+                    if not group:
+                        continue
+                    out = self._send(dest, group, left)
                 if out.ok:
                     if self._failures:
                         log.info("export recovered after %d failed attempts", self._failures)
@@ -141,10 +189,28 @@ class Exporter:
         latest: dict[str, Span] = {}
         for r in rows:  # rows are in seq order: the last version of a re-exported span wins
             latest[r.span.span_id] = r.span
-        body = otlp.encode(latest.values(), self.workflow)
+        try:
+            body = otlp.encode(latest.values(), self.workflow)
+        except Exception as exc:
+            raise _Unencodable(str(exc)) from exc
         if timeout is None:
             return self.transport.send(body, key)
         return self.transport.send(body, key, timeout=timeout)
+
+    def _set_aside_unencodable(self, rows: list[Row]) -> list[Row]:
+        """A span OTLP can't carry must not block the queue: dead-letter it, keep the others."""
+        good, bad = [], []
+        for r in rows:
+            try:
+                otlp.encode([r.span], self.workflow)
+                good.append(r)
+            except Exception:
+                bad.append(r)
+        if bad:
+            self.stats["export_unencodable"] = self.stats.get("export_unencodable", 0) + len(bad)
+            log.error("%d spans cannot be encoded as OTLP; moved to the spool's dead-letter table", len(bad))
+            self.spool.bury(bad, "cannot be encoded as OTLP")  # type: ignore[union-attr]
+        return good
 
     def stop(self, timeout: float) -> None:
         """Stop the thread, then one last delivery attempt within the deadline (no retries).
@@ -168,6 +234,10 @@ class Exporter:
                 log.warning("final flush failed: %s", exc)
         if self.spool.depth:
             log.info("%d spans stay in the spool for the next start", self.spool.depth)
+
+
+class _Unencodable(Exception):
+    pass
 
 
 def _by_dest(rows: list[Row]) -> dict[str | None, list[Row]]:

@@ -264,3 +264,41 @@ def test_spool_file_is_private(tmp_path: Path) -> None:
     Spool(tmp_path / "spool.db", 2**20)
     assert (tmp_path / "spool.db").stat().st_mode & 0o077 == 0
     assert sqlite3.connect(tmp_path / "spool.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_odd_values_cannot_poison_an_export_batch(tmp_path: Path) -> None:
+    t = ScriptedTransport()
+    exp, spool, _ = make_exporter(tmp_path, t)
+    bad = span("bad\udcff")
+    bad.attributes.update({"huge": 10**30, "neg": -(10**40), "nan": float("nan"), "text": "x\udcffy",
+                           "list": ["ok", "\ud800"]})
+    exp.submit([bad, span("fine")], None)
+    assert exp.drain_once() == 0.0 and spool.depth == 0 and len(t.calls) == 1
+    a = exp.store.trace_spans("ses_a")
+    got = {s.name: s for s in a}
+    assert set(got) == {"bad\ufffd", "fine"}
+    attrs = got["bad\ufffd"].attributes
+    assert attrs["huge"] == str(10**30) and attrs["nan"] == "nan" and attrs["text"] == "x\ufffdy"
+
+
+def test_an_unencodable_span_is_set_aside_and_the_rest_delivered(tmp_path: Path) -> None:
+    t = ScriptedTransport()
+    exp, spool, stats = make_exporter(tmp_path, t)
+    spool.put([span("fine1"), span("poison"), span("fine2")], None)
+    import addon.otlp as otlp
+
+    real = otlp.encode
+
+    def picky(spans, workflow):  # type: ignore[no-untyped-def]
+        spans = list(spans)
+        if any(s.name == "poison" for s in spans):
+            raise ValueError("cannot encode")
+        return real(spans, workflow)
+
+    otlp.encode = picky  # type: ignore[assignment]
+    try:
+        assert exp.drain_once() == 0.0
+    finally:
+        otlp.encode = real  # type: ignore[assignment]
+    assert spool.depth == 0 and spool.dead_count() == 1 and stats["export_unencodable"] == 1
+    assert stats["spans_exported"] == 2
