@@ -219,7 +219,7 @@ class Correlator:
         if not is_title:
             self._wire_tool_results(s, req, start)
             if req.messages and req.messages[-1].role == "user":
-                self._start_turn(s, req.messages[-1].content)
+                self._start_turn(s, req.messages[-1].content, sum(m.role == "user" for m in req.messages))
             elif not s.turn_open:
                 self._start_turn(s, None)  # continuation seen first (e.g. after a proxy restart)
             if ex.agent:
@@ -288,13 +288,16 @@ class Correlator:
         if u.provider_cost_usd is not None:
             return u.provider_cost_usd, "provider"
         if self.cost_fn is not None:
-            try:
-                cost = self.cost_fn(provider, req.model or res.model, u)
-            except Exception as exc:  # pricing must never break capture
-                log.debug("cost lookup failed: %s", exc)
-                cost = None
-            if cost is not None:
-                return cost, "price_table"
+            # The model that answered is what was billed (e.g. a dated snapshot, OpenRouter's pick);
+            # the requested name is the fallback when the price table does not know it.
+            for model in dict.fromkeys(m for m in (res.model, req.model) if m):
+                try:
+                    cost = self.cost_fn(provider, model, u)
+                except Exception as exc:  # pricing must never break capture
+                    log.debug("cost lookup failed for %s: %s", model, exc)
+                    cost = None
+                if cost is not None:
+                    return cost, "price_table"
         return None, None
 
     def _wire_tool_results(self, s: Session, req: LLMRequest, start_ns: int) -> None:
@@ -308,11 +311,13 @@ class Correlator:
             run.wire_output = m.content
             run.wire_error = m.is_error
 
-    def _start_turn(self, s: Session, prompt: str | None) -> None:
+    def _start_turn(self, s: Session, prompt: str | None, user_messages: int = 0) -> None:
         if s.turn_open and s.calls and any(not c.is_title for c in s.calls):
             self._end_turn(s)  # a new prompt while the previous turn was never closed
         s.turn_open = True
-        s.turns += 1
+        # The request's own history numbers the turn, so a replica that never saw the earlier turns
+        # (failover, restart without a local store) still gives this turn's marker its own id.
+        s.turns = max(s.turns + 1, user_messages)
         s.quiet_deadline_ns = None
         if prompt:
             s.turn_prompt = prompt

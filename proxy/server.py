@@ -193,7 +193,11 @@ async def serve(settings: Settings) -> int:
         neatlogs_routes=settings.routes,
         neatlogs_auth_tokens=settings.all_auth_tokens(),
         neatlogs_max_capture_bytes=settings.max_capture_bytes,
+        confdir=str(settings.data_dir / "mitmproxy"),  # mitmproxy's CA files: ours, not ~/.mitmproxy
     )
+    # mitmproxy opens its listeners before the `running` hook loads tlsconfig's CA store; a request in
+    # between crashed tlsconfig.request. Load the store now, before anything listens.
+    master.addons.get("tlsconfig").configure({"confdir"})
     app.pipeline.start()
     app.exporter.start()
     loop = asyncio.get_running_loop()

@@ -137,3 +137,19 @@ def test_sessions_never_mix() -> None:
         if s.name.startswith("opencode.llm."):
             assert s.attributes["input.value"] == s.session_id
     assert len({s.trace_id for s in sink.spans.values()}) == 4
+
+
+def test_turn_number_comes_from_the_request_history() -> None:
+    """A replica that takes over a session mid-way numbers the turn as the one that served turn 1 would."""
+    sink = Sink()
+    c = correlator(sink)
+    history = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "ok"},
+               {"role": "user", "content": "two"}]
+    c.on_exchange(exchange("ses_moved", history, text_reply("fine", U1), T0))
+    c.on_events([ev.SessionIdle(type="session.idle", session_id="ses_moved")])
+    root = next(s for s in sink.spans.values() if s.name == "opencode.session")
+    marker = next(s for s in sink.spans.values() if s.name == "neatlogs.trace.complete")
+    assert root.attributes["neatlogs.session.turns"] == 2
+    from addon.spans import marker_span_id_for
+
+    assert marker.span_id == marker_span_id_for("ses_moved", 2)
