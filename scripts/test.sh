@@ -10,7 +10,7 @@ export PATH="$venv/bin:$PATH"
 echo "== tools"
 bash scripts/install-opencode.sh >/dev/null
 bash scripts/install-nginx.sh >/dev/null
-[ -x scripts/install-deploy-tools.sh ] && bash scripts/install-deploy-tools.sh "$venv" >/dev/null
+bash scripts/install-deploy-tools.sh "$venv" >/dev/null
 ( cd plugin && npm ci --no-audit --no-fund --loglevel=error >/dev/null )
 
 echo "== lint"
