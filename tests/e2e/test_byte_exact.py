@@ -108,7 +108,8 @@ CORPUS: dict[str, Canned] = {
 class Replay:
     """Raw HTTP/1.1 upstream: the request path picks the canned response; request bodies are recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, corpus: dict[str, Canned] | None = None) -> None:
+        self.corpus = CORPUS if corpus is None else corpus
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -141,7 +142,7 @@ class Replay:
                 headers[k.strip().lower()] = v.strip()
             body = f.read(int(headers.get("content-length", "0")))
             self.bodies.append((path, body))
-            c = CORPUS[path.rsplit("/", 1)[-1]]
+            c = self.corpus[next(seg for seg in path.split("?")[0].split("/") if seg in self.corpus)]
             head = [f"HTTP/1.1 {c.status}".encode()]
             head += [f"{k}: {v}".encode() for k, v in c.headers]
             body_len = sum(len(p) for p in c.parts)
@@ -159,7 +160,9 @@ class Replay:
                         conn.sendall(b"%x\r\n%s\r\n" % (len(p), p))
                 else:
                     conn.sendall(p)
-            if c.framing == "chunked":
+            if c.extra.get("cut"):  # a chunk announced but never completed, then the connection drops
+                conn.sendall(b"100\r\n" + c.extra["cut"].encode())
+            elif c.framing == "chunked":
                 conn.sendall(b"0\r\n\r\n")
 
     def close(self) -> None:
