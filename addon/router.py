@@ -84,6 +84,12 @@ class Router:
         for key in [k for k in req.headers if k.lower().startswith(OUR_PREFIX)]:
             del req.headers[key]
 
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Routed answers always stream: if capture fails to install its tap, traffic still flows
+        unbuffered (mitmproxy would otherwise hold an SSE answer until its end)."""
+        if flow.response is not None and "neatlogs.route" in flow.metadata and not flow.response.stream:
+            flow.response.stream = True
+
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -69,25 +70,55 @@ def new_span_id() -> str:
 # --- attribute helpers ---------------------------------------------------------------------------
 
 class Content:
-    """Applies the content policy to string attributes: secret scrubbing, then truncation."""
+    """Applies the content policy to string attributes: secret scrubbing, then truncation.
+
+    Every LLM request repeats the whole conversation so far, so the same message texts come back call
+    after call; their scrubbed, truncated form is cached (bounded) so each text is scanned once.
+    """
+
+    CACHE_ENTRIES = 4096
+    CACHE_MAX_VALUE = 256 * 1024
 
     def __init__(self, max_bytes: int, scrub: Callable[[str], tuple[str, dict[str, int]]] | None) -> None:
         self.max_bytes = max_bytes
         self.scrub = scrub
+        self._cache: OrderedDict[str, tuple[str, int, bool]] = OrderedDict()
 
     def put(self, attrs: dict[str, AttrValue], key: str, value: str | None) -> None:
         if value is None:
             return
-        if self.scrub is not None and value:
-            value, counts = self.scrub(value)
-            if counts:
-                n = sum(counts.values())
-                attrs["neatlogs.redaction.count"] = int(attrs.get("neatlogs.redaction.count", 0)) + n  # type: ignore[arg-type]
-        raw = value.encode("utf-8", "replace")
-        if len(raw) > self.max_bytes:
-            value = raw[: self.max_bytes].decode("utf-8", "ignore")
+        text, redacted, truncated = self._apply(value)
+        if redacted:
+            attrs["neatlogs.redaction.count"] = int(attrs.get("neatlogs.redaction.count", 0)) + redacted  # type: ignore[arg-type]
+        if truncated:
             attrs[f"{key}.truncated"] = True
-        attrs[key] = value
+        attrs[key] = text
+
+    def _apply(self, value: str) -> tuple[str, int, bool]:
+        cacheable = len(value) <= self.CACHE_MAX_VALUE
+        if cacheable:
+            hit = self._cache.get(value)
+            if hit is not None:
+                self._cache.move_to_end(value)
+                return hit
+        redacted = 0
+        if self.scrub is not None and value:
+            value_out, counts = self.scrub(value)
+            redacted = sum(counts.values())
+        else:
+            value_out = value
+        truncated = False
+        if len(value_out) * 4 > self.max_bytes:  # cheap check first: only encode what might be too long
+            raw = value_out.encode("utf-8", "replace")
+            if len(raw) > self.max_bytes:
+                value_out = raw[: self.max_bytes].decode("utf-8", "ignore")
+                truncated = True
+        result = (value_out, redacted, truncated)
+        if cacheable:
+            self._cache[value] = result
+            if len(self._cache) > self.CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+        return result
 
 
 def put_io(c: Content, attrs: dict[str, AttrValue], kind: str, inp: str | None, out: str | None) -> None:
