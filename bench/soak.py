@@ -4,8 +4,9 @@
 
 Starts a fake LLM (streamed answers), a fake OTLP collector and the real proxy process (loopback, a
 throw-away data dir), then runs `--sessions` client threads for `--seconds`: each makes streamed
-Chat Completions calls in a loop with its own `x-session-id`, and posts plugin events (a
-`chat.message` first, a `session.idle` at the end). Then it waits for delivery and compares what the
+Chat Completions calls in a loop with its own `x-session-id`, and posts plugin events as the opencode
+plugin does (a `chat.message` first, a `message.completed` after each call, a `session.idle` at the
+end; `--no-plugin` for wire traffic only). Then it waits for delivery and compares what the
 collector holds with what a fault-free run must produce: per session one LLM span per call, one root
 span and one turn marker per call (every call is a new user turn). `--flap` makes the collector fail
 every other export (503) during the run. Prints a small table; exits 1 when delivered != expected or
@@ -42,7 +43,7 @@ def rss_kb(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
-def run(sessions: int, seconds: float, flap: bool, deliver_timeout: float) -> dict[str, object]:
+def run(sessions: int, seconds: float, flap: bool, deliver_timeout: float, plugin: bool = True) -> dict[str, object]:
     llm = FakeLLM().start()
     llm.title_step = Step(text="soak answer with a few words in it", chunk_delay=0.005, text_chunks=8)
     collector = FakeCollector().start()
@@ -73,9 +74,10 @@ def run(sessions: int, seconds: float, flap: bool, deliver_timeout: float) -> di
             n = 0
             now_ms = time.time() * 1000
             try:
-                client.post(f"{base}/_neatlogs/v1/events", json={"events": [
-                    {"type": "chat.message", "session_id": sid, "ts": now_ms, "agent": "build",
-                     "provider_id": "fake", "model_id": "fake-model", "text": f"first prompt of {sid}"}]})
+                if plugin:
+                    client.post(f"{base}/_neatlogs/v1/events", json={"events": [
+                        {"type": "chat.message", "session_id": sid, "ts": now_ms, "agent": "build",
+                         "provider_id": "fake", "model_id": "fake-model", "text": f"first prompt of {sid}"}]})
                 while time.monotonic() < stop_at:
                     t0 = time.monotonic()
                     body = {"model": "fake-model", "stream": True,
@@ -89,8 +91,17 @@ def run(sessions: int, seconds: float, flap: bool, deliver_timeout: float) -> di
                     n += 1
                     with lock:
                         latencies.append(time.monotonic() - t0)
-                client.post(f"{base}/_neatlogs/v1/events", json={"events": [
-                    {"type": "session.idle", "session_id": sid, "ts": time.time() * 1000}]})
+                    if plugin:  # what the plugin reports for each assistant message (tokens match the wire)
+                        u = llm.title_step.usage
+                        client.post(f"{base}/_neatlogs/v1/events", json={"events": [
+                            {"type": "message.completed", "session_id": sid, "ts": time.time() * 1000,
+                             "message_id": f"msg_{sid}_{n}", "provider_id": "fake", "model_id": "fake-model",
+                             "agent": "build", "cost": 0.0001, "finish": "stop",
+                             "tokens": {"input": u.prompt_tokens, "output": u.completion_tokens, "reasoning": 0,
+                                        "cache": {"read": 0, "write": 0}}}]})
+                if plugin:
+                    client.post(f"{base}/_neatlogs/v1/events", json={"events": [
+                        {"type": "session.idle", "session_id": sid, "ts": time.time() * 1000}]})
             except Exception as exc:
                 with lock:
                     errors.append(f"{sid}: {type(exc).__name__}: {exc}")
@@ -157,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=50)
     p.add_argument("--seconds", type=float, default=20.0)
     p.add_argument("--flap", action="store_true", help="the collector fails every other export during the run")
+    p.add_argument("--no-plugin", action="store_true", help="wire traffic only, no plugin events")
     p.add_argument("--deliver-timeout", type=float, default=60.0, help="max seconds to wait for delivery")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     args = p.parse_args(argv)
-    res = run(args.sessions, args.seconds, args.flap, args.deliver_timeout)
+    res = run(args.sessions, args.seconds, args.flap, args.deliver_timeout, plugin=not args.no_plugin)
     ok = (res["spans_delivered"] == res["spans_expected"] and not res["client_errors"] and not res["spans_mixed"])
     if args.json:
         print(json.dumps({**res, "ok": ok}))
