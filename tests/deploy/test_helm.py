@@ -326,7 +326,7 @@ def test_persistence_uses_one_claim_per_replica(full_objs: dict[str, dict[str, A
 
 def test_routes_rendered_sorted(full_objs: dict[str, dict[str, Any]]) -> None:
     assert full_objs["ConfigMap"]["data"]["NEATLOGS_PROXY_ROUTES"] == (
-        "anthropic=https://api.anthropic.com/v1,openai=https://api.openai.com/v1"
+        "anthropic=https://api.anthropic.com,openai=https://api.openai.com"
     )
 
 
