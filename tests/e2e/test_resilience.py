@@ -563,3 +563,16 @@ def test_hundreds_of_interleaved_streams_and_plugin_events_never_mix(fake_llm: F
     assert set(by_session) == set(sessions)
     assert all(c["llm"] == calls and c["session"] == 1 for c in by_session.values())
 
+
+
+def test_soak_smoke() -> None:
+    """bench/soak.py end to end, briefly: every span of 5 concurrent sessions is delivered."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, str(repo / "bench" / "soak.py"), "--sessions", "5", "--seconds", "2",
+                          "--deliver-timeout", "30", "--json"], capture_output=True, text=True, timeout=120, cwd=repo)
+    assert out.returncode == 0, out.stdout + out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["ok"] and res["spans_delivered"] == res["spans_expected"] > 0 and res["client_errors"] == 0
