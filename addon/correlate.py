@@ -48,7 +48,10 @@ History = Callable[[str], "dict[str, Any] | None"]
 Observe = Callable[[str, str, int | None, float, float | None, Usage | None, float | None, str | None], None]
 
 TITLE_AGENT = "title"
-UNMATCHED_KEEP_NS = 300 * 10**9
+# Calls the plugin has not priced yet when their turn ends: opencode reports a message's cost right after
+# the call, so a short window and a small count suffice; without the plugin nothing is kept.
+UNMATCHED_KEEP_NS = 60 * 10**9
+UNMATCHED_KEEP_MAX = 16
 
 
 @dataclass
@@ -438,7 +441,7 @@ class Correlator:
         # yet stays a while: its cost may still arrive after the turn end.
         horizon = s.last_ns - UNMATCHED_KEEP_NS
         s.calls = [c for c in s.calls
-                   if s.plugin and c.message_id is None and not c.is_title and c.end_ns > horizon]
+                   if s.plugin and c.message_id is None and not c.is_title and c.end_ns > horizon][-UNMATCHED_KEEP_MAX:]
         s.tools = {k: r for k, r in s.tools.items() if not r.done or r.shipped_source in (None, "stale")
                    or (r.name == "task" and r.child_session is None)}
 
