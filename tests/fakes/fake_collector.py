@@ -8,15 +8,11 @@ the same port) to test the proxy's retry and spooling.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import socket
-import threading
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -25,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from .util import read_http_body, wait_until
+from .util import LoopbackServer, TrackedHandler, read_http_body, wait_until
 
 
 def any_value(v: AnyValue) -> Any:
@@ -131,50 +127,22 @@ class _Fault:
     body: bytes
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-
-
-class FakeCollector:
+class FakeCollector(LoopbackServer):
     """Start it, point the proxy's ``NEATLOGS_ENDPOINT`` at ``url``, then assert on ``spans()``."""
 
+    thread_name = "fake-collector"
+
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._requests: list[CollectorRequest] = []
         self._faults: list[_Fault] = []
         self._flap: list[int] = []
         self._flap_i = 0
         self.delay = 0.0  # seconds to wait before answering each request
-        self._port = 0
-        self._server: _Server | None = None
-        self._conns: set[socket.socket] = set()
 
     # lifecycle -----------------------------------------------------------------------------------
-    def start(self) -> FakeCollector:
-        handler = type("Handler", (_Handler,), {"collector": self})
-        self._server = _Server(("127.0.0.1", self._port), handler)
-        self._port = self._server.server_address[1]
-        threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="fake-collector",
-            daemon=True,
-        ).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        self._server = None
-        with self._lock:
-            conns, self._conns = list(self._conns), set()
-        for c in conns:
-            with contextlib.suppress(OSError):
-                c.shutdown(socket.SHUT_RDWR)
+    def handler_class(self) -> type[TrackedHandler]:
+        return _Handler
 
     def down(self) -> None:
         """Stop listening: connections to the port are refused until :meth:`up`."""
@@ -186,23 +154,9 @@ class FakeCollector:
             self.start()
 
     @property
-    def is_up(self) -> bool:
-        return self._server is not None
-
-    def __enter__(self) -> FakeCollector:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    @property
     def url(self) -> str:
         """The endpoint base (what ``NEATLOGS_ENDPOINT`` gets); traces go to ``url + '/v1/traces'``."""
-        return f"http://127.0.0.1:{self._port}"
+        return f"http://127.0.0.1:{self.port}"
 
     # fault knobs ---------------------------------------------------------------------------------
     def fail_next(
@@ -287,24 +241,10 @@ def _decode(body: bytes, headers: dict[str, str]) -> ExportTraceServiceRequest:
     return msg
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    collector: FakeCollector
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        with self.collector._lock:
-            self.collector._conns.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.collector._lock:
-                self.collector._conns.discard(self.connection)
+class _Handler(TrackedHandler):
+    @property
+    def collector(self) -> FakeCollector:
+        return self.owner
 
     def do_POST(self) -> None:
         c = self.collector

@@ -22,10 +22,9 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from .util import read_http_body, wait_until
+from .util import LoopbackServer, TrackedHandler, read_http_body, wait_until
 
 DEFAULT_TITLE = "Fake session title"
 
@@ -170,65 +169,23 @@ class RecordedRequest:
 # --- server ------------------------------------------------------------------------------------
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256  # listen backlog: the default 5 drops SYNs under many concurrent streams
-
-
-class FakeLLM:
+class FakeLLM(LoopbackServer):
     """The fake provider. Start it, ``script()`` a scenario, point opencode at ``base_url``."""
 
+    thread_name = "fake-llm"
+
     def __init__(self, scenario: list[Step] | None = None, title: str = DEFAULT_TITLE) -> None:
-        self._lock = threading.Lock()
+        super().__init__()
         self._scenario: list[Step] = list(scenario or [])
         self._next = 0
         self._ids = 0
         self._id_prefix = secrets.token_hex(3)
         self.title_step = Step(text=title, usage=Usage(prompt_tokens=300, completion_tokens=6))
         self._requests: list[RecordedRequest] = []
-        self._conns: set[socket.socket] = set()
         self.exhausted = 0  # main requests that arrived after the scenario ran out
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    # lifecycle
-    def start(self) -> FakeLLM:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = _Server(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-llm", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            for c in list(self._conns):
-                with contextlib.suppress(OSError):
-                    c.shutdown(socket.SHUT_RDWR)
-            self._conns.clear()
-        self._server = None
-
-    def __enter__(self) -> FakeLLM:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "fake LLM not started"
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def handler_class(self) -> type[TrackedHandler]:
+        return _Handler
 
     @property
     def base_url(self) -> str:
@@ -360,24 +317,10 @@ def build_completion(step: Step, model: str) -> dict[str, Any]:
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    fake: FakeLLM
-
-    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
-        pass
-
-    def setup(self) -> None:
-        super().setup()
-        with self.fake._lock:
-            self.fake._conns.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            with self.fake._lock:
-                self.fake._conns.discard(self.connection)
+class _Handler(TrackedHandler):
+    @property
+    def fake(self) -> FakeLLM:
+        return self.owner
 
     def _read_body(self) -> bytes:
         body = read_http_body(self.rfile, self.headers)

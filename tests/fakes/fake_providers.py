@@ -21,12 +21,12 @@ from __future__ import annotations
 import copy
 import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .util import LoopbackServer, TrackedHandler, read_http_body
 
 KINDS = ("openai", "anthropic", "google")
 DEFAULT_TITLE = "Fake provider title"
@@ -103,51 +103,25 @@ def _split(s: str, n: int) -> list[str]:
     return [s[i : i + size] for i in range(0, len(s), size)]
 
 
-class FakeProvider:
+class FakeProvider(LoopbackServer):
     def __init__(self, kind: str, scenario: list[Step] | None = None, title: str = DEFAULT_TITLE,
                  model: str | None = None) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
+        super().__init__()
+        self.thread_name = f"fake-{kind}"
         self.kind = kind
         self.model = model
         self.title = title
         self._scenario = list(scenario or [])
         self._next = 0
         self._ids = 0
-        self._lock = threading.Lock()
         self._requests: list[Recorded] = []
-        self._server: ThreadingHTTPServer | None = None
         self.exhausted = 0
 
     # --- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> FakeProvider:
-        handler = type("Handler", (_Handler,), {"fake": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                         name=f"fake-{self.kind}", daemon=True).start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-    def __enter__(self) -> FakeProvider:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None, "not started"
-        return self._server.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def handler_class(self) -> type[TrackedHandler]:
+        return _Handler
 
     @property
     def base_url(self) -> str:
@@ -439,25 +413,13 @@ def gemini_body(step: Step, model: str) -> dict[str, Any]:
 # --- HTTP --------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    fake: FakeProvider
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+class _Handler(TrackedHandler):
+    @property
+    def fake(self) -> FakeProvider:
+        return self.owner
 
     def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        return read_http_body(self.rfile, self.headers)
 
     def do_GET(self) -> None:
         self._handle()

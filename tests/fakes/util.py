@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import IO
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import IO, Any, Self
 
 
 def wait_until[T](fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, message: str | None = None) -> T:
@@ -50,3 +53,88 @@ def read_http_body(rfile: IO[bytes], headers: Mapping[str, str]) -> bytes:
             return b"".join(parts)
         parts.append(rfile.read(size))
         rfile.readline()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    allow_reuse_address = True
+    request_queue_size = 256  # listen backlog: the default 5 drops SYNs under many concurrent streams
+
+
+class TrackedHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 handler of a :class:`LoopbackServer`; registers its connection so ``stop()`` can cut
+    streams that are still open (a fake that goes down must look down to the proxy at once)."""
+
+    protocol_version = "HTTP/1.1"
+    owner: Any
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.owner._lock:
+            self.owner._conns.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            with self.owner._lock:
+                self.owner._conns.discard(self.connection)
+
+
+class LoopbackServer:
+    """A threaded HTTP server on 127.0.0.1 for the fakes: ephemeral port (kept across stop/start, so a
+    fake can go down and come back on the same port), background thread, context manager."""
+
+    thread_name = "fake-server"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._server: _Server | None = None
+        self._port = 0
+
+    def handler_class(self) -> type[TrackedHandler]:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        handler = type("Handler", (self.handler_class(),), {"owner": self})
+        self._server = _Server(("127.0.0.1", self._port), handler)
+        self._port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name=self.thread_name, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for c in conns:
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+
+    @property
+    def is_up(self) -> bool:
+        return self._server is not None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._port, f"{type(self).__name__} not started"
+        return self._port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
