@@ -14,7 +14,6 @@ import json
 import os
 import socket
 import sqlite3
-import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import httpx
 import pytest
 import zstandard
 
-from tests.fakes.util import wait_until
+from tests.fakes.util import RawServer, wait_until
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authenticate",
               "proxy-authorization", "proxy-connection"}
@@ -105,30 +104,13 @@ CORPUS: dict[str, Canned] = {
 }
 
 
-class Replay:
+class Replay(RawServer):
     """Raw HTTP/1.1 upstream: the request path picks the canned response; request bodies are recorded."""
 
     def __init__(self, corpus: dict[str, Canned] | None = None) -> None:
         self.corpus = CORPUS if corpus is None else corpus
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.bodies: list[tuple[str, bytes]] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        super().__init__(backlog=64)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as f:
@@ -165,8 +147,6 @@ class Replay:
             elif c.framing == "chunked":
                 conn.sendall(b"0\r\n\r\n")
 
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

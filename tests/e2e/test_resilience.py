@@ -28,7 +28,7 @@ import pytest
 from addon.spans import marker_span_id_for, root_span_id_for, trace_id_for
 from tests.fakes.fake_collector import FakeCollector
 from tests.fakes.fake_llm import FakeLLM, Step, tool_then_answer
-from tests.fakes.util import wait_until
+from tests.fakes.util import RawServer, wait_until
 
 API_KEY = "nl-resilience-key"
 FAST = ["--idle-timeout", "0.5"]
@@ -326,38 +326,25 @@ def test_full_spool_drops_oldest_and_traffic_continues(fake_llm: FakeLLM, fake_c
     assert httpx.get(proxy.url + "/_neatlogs/healthz").status_code == 200
     fake_collector.up()
     # What survived is the newest; it is delivered.
-    spans = wait_until(lambda: (s := fake_collector.latest_by_span_id()) and spool_depth(proxy.data_dir) == 0 and s,
-                       timeout=30, message="remaining spool delivered")
-    sessions = {s.attributes["neatlogs.conversation.id"] for s in spans.values()}
+    def delivered() -> set[str] | None:
+        # Wait for the newest session itself: the spool can be empty for a moment before the last
+        # exchange has been processed and spooled.
+        sessions = {s.attributes["neatlogs.conversation.id"] for s in fake_collector.latest_by_span_id().values()}
+        return sessions if "ses_full39" in sessions and spool_depth(proxy.data_dir) == 0 else None
+
+    sessions = wait_until(delivered, timeout=30, message="remaining spool delivered")
     assert "ses_full39" in sessions and "ses_full00" not in sessions
 
 
 # --- memory --------------------------------------------------------------------------------------
 
 
-class Sink:
+class Sink(RawServer):
     """A raw HTTP/1.1 upstream that hashes each request body and throws it away."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
         self.digests: list[tuple[int, str]] = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+        super().__init__(backlog=16)
 
     def _handle(self, conn: socket.socket) -> None:
         with conn, conn.makefile("rb") as f:
@@ -389,8 +376,6 @@ class Sink:
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
                          b"Connection: close\r\n\r\n%s" % (len(body), body))
 
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _body(total: int, block: bytes) -> Any:

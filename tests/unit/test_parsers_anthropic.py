@@ -14,8 +14,10 @@ from tests.fixtures.wire import (
     comparable,
     cut,
     exchange,
+    first_index,
     json_chunks,
     opencode_requests,
+    run_stream,
     sse_bytes,
     sse_frames,
     sse_of,
@@ -29,13 +31,7 @@ REQ = {"model": "claude-sonnet-4-5", "max_tokens": 1024, "stream": True,
 
 
 def run(name: str, request=REQ):
-    frames = sse_frames(sse_bytes(name))
-    fmt, req, res = parse_exchange(exchange(PATH, request, timed(frames)))
-    return fmt, req, res, frames
-
-
-def first_index(frames: list[bytes], needle: bytes) -> int:
-    return next(i for i, f in enumerate(frames) if needle in f)
+    return run_stream(PATH, request, name)
 
 
 def test_select_paths():

@@ -18,6 +18,7 @@ from tests.fixtures.wire import (
     exchange,
     json_chunks,
     opencode_requests,
+    run_stream,
     sse_bytes,
     sse_frames,
     sse_of,
@@ -30,9 +31,7 @@ REQ = {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}
 
 
 def run(name: str, request=REQ, path=PATH):
-    frames = sse_frames(sse_bytes(name))
-    fmt, req, res = parse_exchange(exchange(path, request, timed(frames), query="alt=sse"))
-    return fmt, req, res, frames
+    return run_stream(path, request, name, query="alt=sse")
 
 
 def test_select_paths():

@@ -14,8 +14,10 @@ from tests.fixtures.wire import (
     comparable,
     cut,
     exchange,
+    first_index,
     json_chunks,
     opencode_requests,
+    run_stream,
     sse_bytes,
     sse_frames,
     sse_of,
@@ -28,13 +30,7 @@ REQ = {"model": "gpt-5", "stream": True, "input": [{"role": "user", "content": "
 
 
 def run(name: str, request=REQ):
-    frames = sse_frames(sse_bytes(name))
-    fmt, req, res = parse_exchange(exchange(PATH, request, timed(frames)))
-    return fmt, req, res, frames
-
-
-def first_index(frames: list[bytes], needle: bytes) -> int:
-    return next(i for i, f in enumerate(frames) if needle in f)
+    return run_stream(PATH, request, name)
 
 
 def test_select_paths():

@@ -15,6 +15,7 @@ from tests.fixtures.wire import (
     cut,
     exchange,
     json_chunks,
+    run_stream,
     sse_bytes,
     sse_frames,
     sse_of,
@@ -29,9 +30,7 @@ REQ = {"model": "anthropic/claude-sonnet-4", "stream": True, "usage": {"include"
 
 
 def run(name: str, **kw):
-    frames = sse_frames(sse_bytes(name))
-    fmt, req, res = parse_exchange(exchange(PATH, REQ, timed(frames), upstream=UP, **kw))
-    return fmt, req, res, frames
+    return run_stream(PATH, REQ, name, upstream=UP, **kw)
 
 
 def test_selected_by_route_or_upstream_host():
