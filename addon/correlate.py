@@ -12,6 +12,7 @@ lands in the same trace).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import logging
 import time
 from collections.abc import Callable
@@ -51,6 +52,7 @@ TITLE_AGENT = "title"
 # Calls the plugin has not priced yet when their turn ends: opencode reports a message's cost right after
 # the call, so a short window and a small count suffice; without the plugin nothing is kept.
 UNMATCHED_KEEP_NS = 60 * 10**9
+SWEEP_EVERY_NS = 60 * 10**9
 UNMATCHED_KEEP_MAX = 16
 
 
@@ -146,6 +148,8 @@ class Correlator:
         self.observe = observe
         self.history = history
         self.sessions: dict[str, Session] = {}
+        self._deadlines: list[tuple[int, str]] = []  # (quiet deadline, session id); stale entries skipped
+        self._last_sweep_ns = 0
 
     # ---- sessions -------------------------------------------------------------------------------
 
@@ -281,7 +285,10 @@ class Correlator:
                 s.last_output = res.text
             final = not res.tool_calls
             s.errored = error
-            s.quiet_deadline_ns = end + self.idle_ns if final else None
+            s.quiet_deadline_ns = None
+            if final:
+                s.quiet_deadline_ns = deadline = end + self.idle_ns
+                heapq.heappush(self._deadlines, (deadline, s.id))
         self._ship(s)
 
     def _wire_cost(self, provider: str, req: LLMRequest, res: LLMResponse) -> tuple[float | None, str | None]:
@@ -419,12 +426,19 @@ class Correlator:
     # ---- time -----------------------------------------------------------------------------------
 
     def tick(self, now_ns: int | None = None) -> None:
+        """Called a few times a second: O(turns due) via a deadline heap, so thousands of idle sessions
+        cost nothing; forgetting quiet sessions is a full scan, done once a minute."""
         now = now_ns or time.time_ns()
-        for s in list(self.sessions.values()):
-            if s.turn_open and s.quiet_deadline_ns is not None and now >= s.quiet_deadline_ns:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            deadline, sid = heapq.heappop(self._deadlines)
+            s = self.sessions.get(sid)
+            if s is not None and s.turn_open and s.quiet_deadline_ns == deadline:
                 self._end_turn(s)
-            elif not s.turn_open and now - s.last_ns > self.ttl_ns:
-                del self.sessions[s.id]
+        if now - self._last_sweep_ns >= SWEEP_EVERY_NS:
+            self._last_sweep_ns = now
+            for s in list(self.sessions.values()):
+                if not s.turn_open and now - s.last_ns > self.ttl_ns:
+                    del self.sessions[s.id]
 
     def flush(self) -> None:
         """Ship everything shippable (shutdown). Open turns stay open: a restart continues them."""

@@ -153,3 +153,18 @@ def test_turn_number_comes_from_the_request_history() -> None:
     from addon.spans import marker_span_id_for
 
     assert marker.span_id == marker_span_id_for("ses_moved", 2)
+
+
+def test_quiet_turn_end_uses_the_deadline_and_skips_stale_entries() -> None:
+    """Without the plugin a turn ends after the quiet period, once; a new call moves the deadline."""
+    sink = Sink()
+    c = correlator(sink)  # idle_timeout=1.0 s
+    user = [{"role": "user", "content": "go"}]
+    c.on_exchange(exchange("ses_q", user, text_reply("a", U1), T0))
+    c.tick(T0 + 100 + 500_000_000)  # half the quiet period
+    assert not any(s.name == "opencode.session" for s in sink.spans.values())
+    c.tick(T0 + 100 + 1_000_000_000)
+    roots = [b for b in sink.batches if any(s.name == "opencode.session" for s in b)]
+    assert len(roots) == 1
+    c.tick(T0 + 100 + 5_000_000_000)  # nothing left to end
+    assert len([b for b in sink.batches if any(s.name == "opencode.session" for s in b)]) == 1
