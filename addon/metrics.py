@@ -36,6 +36,9 @@ class Metrics:
 
     def observe_call(self, route: str, model: str, status: int | None, duration_s: float, ttft_s: float | None,
                      usage: Usage | None, cost: float | None, error_type: str | None) -> None:
+        # A label the exposition can't encode (a lone surrogate in a model name) would break every scrape.
+        route, model = _label(route), _label(model)
+        error_type = _label(error_type) if error_type else error_type
         self.requests.labels(route, model, str(status or 0)).inc()
         self.latency.labels(route, model).observe(max(duration_s, 0.0))
         if ttft_s is not None:
@@ -81,3 +84,11 @@ class _AppCollector(Collector):
         d = CounterMetricFamily("neatlogs_proxy_spool_dropped", "spans dropped because the spool was full")
         d.add_metric([], spool.dropped)
         yield d
+
+
+def _label(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "replace").decode("utf-8")
+    return value

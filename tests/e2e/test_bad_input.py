@@ -191,8 +191,10 @@ def test_bad_input_corpus(fake_llm: FakeLLM, fake_collector: FakeCollector, repl
     r = httpx.post(proxy.url + "/fake/v1/chat/completions", content=GOOD, headers={"x-session-id": "ses_fine"})
     assert r.status_code == 200
     wait_until(lambda: httpx.get(proxy.url + "/_neatlogs/readyz").json().get("spool_depth") == 0, timeout=20)
-    metrics = httpx.get(proxy.url + "/_neatlogs/metrics").text
-    assert "neatlogs_proxy_capture_errors" not in metrics, metrics
+    # (A lone-surrogate model name used to make every later scrape a 500, which this line took for success.)
+    metrics = httpx.get(proxy.url + "/_neatlogs/metrics")
+    assert metrics.status_code == 200, metrics.text
+    assert "neatlogs_proxy_capture_errors_total 0.0" in metrics.text, metrics.text
     assert proxy.running
 
 
