@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import json
-
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from addon.model import Message, ProviderError, ToolCall, Usage
 from addon.parsers import parse_exchange, select
 from tests.fixtures.wire import (
-    assert_no_parser_crash,
-    comparable,
-    cut,
+    assert_random_input_never_crashes,
+    assert_split_invariant,
     exchange,
     first_index,
     json_chunks,
@@ -206,17 +203,10 @@ def test_real_opencode_requests():
                              "responses_failed.sse"]),
        points=st.lists(st.integers(0, 20000), max_size=30))
 def test_any_byte_split_gives_the_same_result(name, points):
-    data = sse_bytes(name)
-    _f, _r, whole = parse_exchange(exchange(PATH, REQ, [(1000, data)]))
-    _f, _r, split = parse_exchange(exchange(PATH, REQ, cut(data, points)))
-    assert comparable(split) == comparable(whole)
+    assert_split_invariant(PATH, REQ, name, points)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=st.lists(wire_json(), max_size=8), garbage=st.binary(max_size=64), body=wire_json())
 def test_random_events_never_crash(events, garbage, body):
-    ex = exchange(PATH, json.dumps(body).encode(), [(1, sse_of(events, named=True)), (2, garbage)])
-    _f, req, res = parse_exchange(ex)
-    assert_no_parser_crash(req, res)
-    _f, req, res = parse_exchange(exchange(PATH, body, json_chunks(body), stream=False))
-    assert_no_parser_crash(req, res)
+    assert_random_input_never_crashes(PATH, events, garbage, body, named=True)

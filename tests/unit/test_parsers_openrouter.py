@@ -11,8 +11,7 @@ from addon.model import ProviderError, ToolCall, Usage
 from addon.parsers import parse_exchange, select
 from tests.fixtures.wire import (
     assert_no_parser_crash,
-    comparable,
-    cut,
+    assert_split_invariant,
     exchange,
     json_chunks,
     run_stream,
@@ -121,10 +120,7 @@ def test_truncated_stream():
 @given(name=st.sampled_from(["openrouter_reasoning_cost.sse", "openrouter_error.sse"]),
        points=st.lists(st.integers(0, 20000), max_size=30))
 def test_any_byte_split_gives_the_same_result(name, points):
-    data = sse_bytes(name)
-    _f, _r, whole = parse_exchange(exchange(PATH, REQ, [(1000, data)], upstream=UP))
-    _f, _r, split = parse_exchange(exchange(PATH, REQ, cut(data, points), upstream=UP))
-    assert comparable(split) == comparable(whole)
+    assert_split_invariant(PATH, REQ, name, points, upstream=UP)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
