@@ -13,7 +13,6 @@ import weakref
 
 from mitmproxy import ctx, http
 
-from addon.headers import redact_query, safe_headers
 from addon.model import Exchange
 from addon.pipeline import Pipeline
 from proxy.routes import Route
@@ -106,18 +105,13 @@ class Capture:
     def _start(self, flow: http.HTTPFlow, route: Route) -> None:
         req = flow.request
         ROUTE_OF[req] = route
-        hints: dict[str, str] = flow.metadata.get("neatlogs.hints", {})
         path, _, query = req.path.partition("?")
         if route.base_path and path.startswith(route.base_path):
             path = path[len(route.base_path):] or "/"
         ex = Exchange(
             flow_id=flow.id, route=route.name, upstream=route.origin, method=req.method, path=path,
-            query=redact_query(query), request_headers=safe_headers(req.headers.items()),
-            request_body=None, request_body_truncated=False, start_ns=time.time_ns(),
-            session_id=hints.get("x-session-id") or hints.get("x-session-affinity")
-            or hints.get("x-neatlogs-session-id"),
-            parent_session_id=hints.get("x-parent-session-id"), agent=hints.get("x-neatlogs-agent"),
-            neatlogs_api_key=hints.get("x-neatlogs-api-key"),
+            query=query, request_headers={}, request_body=None, request_body_truncated=False,
+            start_ns=time.time_ns(), raw_request_fields=flow.metadata.get("neatlogs.request_fields"),
         )
         flow.metadata[KEY] = ex
         self.inflight += 1
@@ -183,7 +177,7 @@ class Capture:
         ex.end_ns = time.time_ns()
         if flow.response is not None:
             ex.status = flow.response.status_code
-            ex.response_headers = safe_headers(flow.response.headers.items())
+            ex.raw_response_fields = flow.response.headers.fields
             tap: Tap | None = flow.metadata.get("neatlogs.response_tap")
             ex.response_truncated = bool(tap and tap.truncated)
             if tap is None and flow.response.raw_content:  # answered without streaming (e.g. by an addon)

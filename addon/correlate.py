@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from addon import events as ev
+from addon.headers import unpack
 from addon.model import Exchange, LLMRequest, LLMResponse, Usage
 from addon.parsers import parse_exchange
 from addon.spans import (
@@ -215,6 +216,7 @@ class Correlator:
     # ---- wire -----------------------------------------------------------------------------------
 
     def on_exchange(self, ex: Exchange) -> None:
+        unpack(ex)
         fmt, req, res = parse_exchange(ex)
         sid = ex.session_id or anonymous_session_id(req)
         s = self.session(sid, parent_id=ex.parent_session_id, api_key=ex.neatlogs_api_key)

@@ -95,7 +95,7 @@ class Exchange:
     upstream: str  # scheme://host[:port] of the route
     method: str
     path: str  # path after the route prefix, without query
-    query: str  # raw query string, secrets included: parsers must go through redact_url to log it
+    query: str  # query string; credentials masked by `addon.headers.unpack` on the pipeline thread
     request_headers: dict[str, str]  # lower-cased names, secrets already removed
     request_body: bytes | None
     request_body_truncated: bool
@@ -112,3 +112,7 @@ class Exchange:
     parent_session_id: str | None = None
     agent: str | None = None
     neatlogs_api_key: str | None = None  # per-user key (x-neatlogs-api-key); never exported
+    # Raw header fields as mitmproxy holds them; the tap only keeps references, and the pipeline thread
+    # derives request_headers/response_headers and the hints above from them (`addon.headers.unpack`).
+    raw_request_fields: tuple[tuple[bytes, bytes], ...] | None = None
+    raw_response_fields: tuple[tuple[bytes, bytes], ...] | None = None

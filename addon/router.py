@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from mitmproxy import ctx, exceptions, http
 
-from addon.headers import OUR_PREFIX
+from addon.headers import OUR_PREFIX_B
 from proxy.routes import Route, build_routes, split_path
 
 log = logging.getLogger(__name__)
@@ -77,12 +77,11 @@ class Router:
         req.path = route.base_path + tail
         req.host_header = route.host_header
         flow.metadata["neatlogs.route"] = route
-        flow.metadata["neatlogs.hints"] = {k.lower(): v for k, v in req.headers.items()
-                                           if k.lower().startswith(OUR_PREFIX)
-                                           or k.lower() in ("x-session-id", "x-session-affinity",
-                                                            "x-parent-session-id")}
-        for key in [k for k in req.headers if k.lower().startswith(OUR_PREFIX)]:
-            del req.headers[key]
+        # Keep the headers as received (an immutable tuple: capture reads session hints and the header
+        # record from it off the event loop), then strip ours before the request goes upstream.
+        flow.metadata["neatlogs.request_fields"] = req.headers.fields
+        if any(k[:11].lower() == OUR_PREFIX_B for k, _ in req.headers.fields):
+            req.headers.fields = tuple(f for f in req.headers.fields if f[0][:11].lower() != OUR_PREFIX_B)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Routed answers always stream: if capture fails to install its tap, traffic still flows
