@@ -36,6 +36,7 @@ from addon.spans import (
     new_span_id,
     put_io,
     root_span_id_for,
+    to_json,
     token_attrs,
     tool_attrs,
     tool_span_id_for,
@@ -489,8 +490,8 @@ class Correlator:
             run.shipped_source = "plugin"
             start = run.plugin_start_ns or ms_to_ns(p.ts) or s.last_ns
             end = ms_to_ns(p.end_ts) or ms_to_ns(p.ts) or start
-            args = p.args if isinstance(p.args, str) else _json(p.args) if p.args is not None else run.args
-            output = p.output if isinstance(p.output, str) or p.output is None else _json(p.output)
+            args = p.args if isinstance(p.args, str) else to_json(p.args) if p.args is not None else run.args
+            output = p.output if isinstance(p.output, str) or p.output is None else to_json(p.output)
             attrs = tool_attrs(self.content, session_id=s.id, call_id=run.call_id, name=p.tool, args=args,
                                output=output, source="plugin", title=p.title, metadata=p.metadata,
                                error=p.error)
@@ -591,11 +592,3 @@ def _error_message(res: LLMResponse, ex: Exchange) -> str:
         return "stream ended without its terminal event"
     return f"HTTP {ex.status}"
 
-
-def _json(value: Any) -> str:
-    import json
-
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return str(value)

@@ -181,7 +181,7 @@ def llm_attrs(
     if path:
         a["url.path"] = path
     if request_headers:
-        a["neatlogs.http.request.headers"] = _json(request_headers)
+        a["neatlogs.http.request.headers"] = to_json(request_headers)
     model = req.model or res.model or "unknown"
     a["neatlogs.llm.model_name"] = model
     a["neatlogs.llm.provider"] = provider
@@ -295,14 +295,15 @@ def tool_attrs(
     if title:
         c.put(a, "neatlogs.tool.title", title)
     if metadata is not None:
-        c.put(a, "neatlogs.tool.metadata", metadata if isinstance(metadata, str) else _json(metadata))
+        c.put(a, "neatlogs.tool.metadata", metadata if isinstance(metadata, str) else to_json(metadata))
     if error:
         a["error.type"] = "tool_error"
         c.put(a, "error.message", error)
     return a
 
 
-def _json(value: Any) -> str:
+def to_json(value: Any) -> str:
+    """Attribute text for a JSON-able value; never raises (odd objects fall back to str)."""
     try:
         return json.dumps(value, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
