@@ -40,9 +40,9 @@ class Endpoints:
     def readyz(self, flow: http.HTTPFlow) -> None:
         app = self.app
         problems = []
-        if not app.pipeline._thread.is_alive():
+        if not app.pipeline.alive:
             problems.append("capture pipeline stopped")
-        if app.settings.api_key and not app.exporter._thread.is_alive():
+        if app.settings.api_key and not app.exporter.alive:
             problems.append("exporter stopped")
         if problems:
             flow.response = json_response(503, {"status": "not ready", "problems": problems})

@@ -80,6 +80,10 @@ class Exporter:
 
     # ---- producer side (pipeline thread) ----
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit(self, spans: list[Span], dest_key: str | None) -> None:
         """Never raises: a failure here is logged and counted, the caller (capture) carries on."""
         try:

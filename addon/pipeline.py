@@ -34,6 +34,10 @@ class Pipeline:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def submit_exchange(self, ex: Exchange) -> None:
         self.pending += 1
         self._idle.clear()
