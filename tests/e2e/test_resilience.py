@@ -208,11 +208,11 @@ def test_opencode_session_survives_a_misbehaving_collector(fake_llm: FakeLLM, fa
     assert "It prints 4242." in result.stdout
     session_id = fake_llm.requests[0].headers["x-session-id"]
     truth = wait_until(lambda: (s := store_spans(proxy.data_dir)) and len(s) >= 6 and s, timeout=30)
-    wait_until(lambda: fake_collector.requests and sum(not r.accepted for r in fake_collector.requests) >= 3,
-               timeout=20, message="collector faults exercised")
-    fake_collector.clear_faults()
+    # The collector keeps flapping (every other export fails) until everything has arrived; how many
+    # exports that takes depends on batching, so wait for the outcome, not for a number of failures.
     spans = wait_until(lambda: (s := fake_collector.latest_by_span_id()) and set(s) >= set(truth) and s,
                        timeout=40, message="every produced span at the collector")
+    assert sum(not r.accepted for r in fake_collector.requests) >= 2  # the 503s with Retry-After were hit
     assert set(spans) == set(truth)
     names = Counter(s.name.split(".")[1] for s in spans.values())
     assert names == {"llm": 3, "tool": 1, "session": 1, "trace": 1}
