@@ -20,9 +20,6 @@ from proxy.routes import Route
 log = logging.getLogger(__name__)
 
 KEY = "neatlogs.exchange"
-# Request bodies larger than this are streamed upstream chunk by chunk instead of being buffered by
-# mitmproxy first: memory stays flat for big uploads and the upstream sees the first byte at once.
-STREAM_REQUEST_OVER = 1024 * 1024
 
 # Routed requests → their route, for the JSON error answers mitmproxy's own failures get (see
 # proxy/server.py: install_json_errors). Keyed by the request object mitmproxy's HTTP/1 server layer
@@ -118,16 +115,17 @@ class Capture:
         limit = ctx.options.neatlogs_max_capture_bytes
         length = req.headers.get("content-length", "").strip()
         declared = int(length) if length.isdigit() else None
-        if declared is None and not req.headers.get("transfer-encoding"):
+        if declared == 0 or (declared is None and not req.headers.get("transfer-encoding")):
             return  # no body (or mitmproxy rejects the framing before we get here)
-        if declared is None or declared > STREAM_REQUEST_OVER:
-            # Stream it: mitmproxy forwards each chunk as it arrives instead of buffering the whole body.
-            # A body already known to exceed the capture limit is not copied at all (the parsers can't
-            # use a cut JSON document); one of unknown length is copied until it passes the limit.
-            over = declared is not None and declared > limit
-            tap = Tap([], 0 if over else limit, drop_on_overflow=True)
-            flow.request.stream = tap
-            flow.metadata["neatlogs.request_tap"] = tap
+        # Stream every request body: mitmproxy sends the head upstream as soon as it has it and forwards
+        # each chunk as it arrives, instead of buffering the body and running the `request` hook first
+        # (that hook now runs after the body went out, off the critical path). Memory stays flat for
+        # big uploads. A body already known to exceed the capture limit is not copied at all (the
+        # parsers can't use a cut JSON document); one of unknown length is copied until it passes it.
+        over = declared is not None and declared > limit
+        tap = Tap([], 0 if over else limit, drop_on_overflow=True)
+        flow.request.stream = tap
+        flow.metadata["neatlogs.request_tap"] = tap
 
     def request(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(KEY)

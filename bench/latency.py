@@ -353,8 +353,10 @@ async def phase_small_c8(targets: list[Target], seconds: float, batches: int, co
 async def phase_sse(targets: list[Target], n: int, warmup: int) -> dict[str, Any]:
     conns = {t.name: await Conn("127.0.0.1", t.port, t.prefix).open() for t in targets}
     acc: dict[str, dict[str, list[int]]] = {t.name: {"head": [], "ttfb": [], "total": [], "request_leg": [],
-                                                     "head_leg": []} for t in targets}
+                                                     "head_leg": [], "ttfb_b2b": [], "ttfb_after_other": []}
+           for t in targets}
     identical = True
+    prev = None
     for i in range(warmup + n):
         bodies = {}
         for t in rotations(targets, i):
@@ -368,10 +370,12 @@ async def phase_sse(targets: list[Target], n: int, warmup: int) -> dict[str, Any
                 a = acc[t.name]
                 a["head"].append(r.t_head)
                 a["ttfb"].append(r.t_first)
+                a["ttfb_b2b" if prev == t.name else "ttfb_after_other"].append(r.t_first)
                 a["total"].append(r.t_total)
                 if r.t_req:
                     a["request_leg"].append(r.t_req)
                     a["head_leg"].append(r.t_head - r.t_req)
+            prev = t.name
         if i == warmup:
             identical = bodies["direct"].endswith(b"data: [DONE]\n\n") and all(
                 b == bodies["direct"] for b in bodies.values())
@@ -489,7 +493,10 @@ def render_table(rep: Report) -> str:
     for k in names[1:]:
         x = e["added"][k]
         out.append(f"SSE {k}: request leg +{x['request_leg']['p50']:.3f} ms, response-headers leg "
-                   f"+{x['head_leg']['p50']:.3f} ms (p50)")
+                   f"+{x['head_leg']['p50']:.3f} ms (p50); TTFB p50 right after its own previous stream "
+                   f"{e[k]['ttfb_b2b']['p50']:.3f} ms, after another target's "
+                   f"{e[k]['ttfb_after_other']['p50']:.3f} ms (direct: {e['direct']['ttfb_b2b']['p50']:.3f} / "
+                   f"{e['direct']['ttfb_after_other']['p50']:.3f})")
     out.append("")
     ck = rep.checks
     out.append(f"proxy CPU (all threads) per proxied small request: "
@@ -581,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-relay", action="store_true", help="skip the plain TCP relay baseline target")
     ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--no-write", action="store_true", help="print only; don't write bench/results/")
+    ap.add_argument("--py-spy-rate", type=int, default=250, help="py-spy samples per second")
     ap.add_argument("--py-spy", metavar="OUT", help="profile the proxy with `py-spy record` during the run "
                     "(.svg flamegraph, .txt collapsed stacks, .json speedscope)")
     ap.add_argument("--cprofile", metavar="OUT", help="run the proxy under cProfile (skews its latency)")
@@ -614,7 +622,8 @@ def main(argv: list[str] | None = None) -> int:
             fmt = {".txt": "raw", ".json": "speedscope"}.get(Path(args.py_spy).suffix, "flamegraph")
             exe = Path(sys.executable).with_name("py-spy")
             spy = subprocess.Popen([str(exe) if exe.exists() else "py-spy", "record", "--pid", str(proxy.pid),
-                                    "--rate", "250", "--threads", "--format", fmt, "--output", args.py_spy],
+                                    "--rate", str(args.py_spy_rate), "--threads", "--format", fmt,
+                                    "--output", args.py_spy],
                                    stdout=subprocess.DEVNULL)
             time.sleep(1.0)
         loop_runner(run_phases(args, targets, proxy.pid, rep))

@@ -36,6 +36,7 @@ from addon.spool import Spool
 from addon.store import LocalStore
 from addon.transport import OTLPTransport
 from proxy.settings import Settings
+from proxy.tuning import skip_message_typechecks, use_hook_cache
 
 log = logging.getLogger("neatlogs.proxy")
 
@@ -178,9 +179,11 @@ class App:
 
 async def serve(settings: Settings) -> int:
     install_json_errors()
+    skip_message_typechecks()
     app = App(settings)
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
+    use_hook_cache(master)
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
                       errorcheck.ErrorCheck(), *app.addons())
     opts.update(

@@ -425,6 +425,65 @@ def test_100mb_upload_streams_through_with_flat_memory(framing: str, proxy_proce
         sink.close()
 
 
+class HeadFirstUpstream(RawServer):
+    """A raw upstream that notes when a request's head arrived, then reads the body it announced and
+    answers a small chat.completion."""
+
+    def __init__(self) -> None:
+        self.head_seen = threading.Event()
+        self.bodies: list[bytes] = []
+        super().__init__(backlog=4)
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as f:
+            length = 0
+            f.readline()
+            while (line := f.readline()) not in (b"\r\n", b""):
+                k, _, v = line.decode().partition(":")
+                if k.strip().lower() == "content-length":
+                    length = int(v)
+            self.head_seen.set()
+            self.bodies.append(f.read(length))
+            body = json.dumps({"id": "chatcmpl-head", "object": "chat.completion", "model": "fake-model",
+                               "choices": [{"index": 0, "finish_reason": "stop",
+                                            "message": {"role": "assistant", "content": "ok"}}],
+                               "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                         b"Connection: close\r\n\r\n%s" % (len(body), body))
+
+
+def test_small_request_bodies_stream_upstream_without_waiting_for_their_end(proxy_process) -> None:
+    """Every request body is streamed, not only big ones: the upstream has the head while the client is
+    still sending the body (so the `request` hook never sits between the client and the upstream),
+    and the body still arrives byte-exact and is captured whole."""
+    upstream = HeadFirstUpstream()
+    try:
+        proxy = proxy_process(routes={"headfirst": upstream.url}, args=FAST)
+        body = json.dumps({"model": "fake-model", "stream": False,
+                           "messages": [{"role": "user", "content": "streamed prompt " + "x" * 2000}]}).encode()
+        half = len(body) // 2
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as c:
+            c.sendall(b"POST /headfirst/v1/chat/completions HTTP/1.1\r\nHost: proxy\r\n"
+                      b"Content-Type: application/json\r\nx-session-id: ses_headfirst\r\n"
+                      b"Content-Length: %d\r\n\r\n%s" % (len(body), body[:half]))
+            wait_until(upstream.head_seen.is_set, timeout=10,
+                       message="the upstream never saw the request head before the body was complete")
+            c.sendall(body[half:])
+            answer = b""
+            while chunk := c.recv(65536):
+                answer += chunk
+                if b"chatcmpl-head" in answer:
+                    break
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert wait_until(lambda: upstream.bodies) == [body]
+        spans = wait_until(lambda: [s for s in store_spans(proxy.data_dir).values()
+                                    if s["session_id"] == "ses_headfirst" and s["name"] != "opencode.session"
+                                    and "input.value" in s["attributes"]], timeout=10)
+        assert "streamed prompt " + "x" * 2000 in spans[0]["attributes"]["input.value"]
+    finally:
+        upstream.close()
+
+
 # --- what the client sees ------------------------------------------------------------------------
 
 

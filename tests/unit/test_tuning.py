@@ -1,0 +1,198 @@
+"""proxy.tuning: the hook cache dispatches exactly like mitmproxy's own AddonManager, only cheaper."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import types
+from typing import Any
+
+import pytest
+from mitmproxy import addonmanager, exceptions, http, options
+from mitmproxy.master import Master
+from mitmproxy.test import tflow
+
+from proxy.tuning import HookCache, handlers_of, skip_message_typechecks, use_hook_cache
+
+
+class Recorder:
+    """An addon that logs every flow hook it gets (and can fail, halt or await on demand)."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]], children: list[Any] | None = None,
+                 fail: bool = False, halt: bool = False, is_async: bool = False) -> None:
+        self.name = name
+        self.log = log
+        self.fail, self.halt, self.is_async = fail, halt, is_async
+        if children is not None:
+            self.addons = children
+
+    def _note(self, hook: str) -> None:
+        self.log.append((self.name, hook))
+        if self.fail:
+            raise ValueError(f"{self.name} failed")
+        if self.halt:
+            raise exceptions.AddonHalt()
+
+    def requestheaders(self, flow: http.HTTPFlow) -> Any:
+        if self.is_async:
+            async def later() -> None:
+                await asyncio.sleep(0)
+                self._note("requestheaders")
+            return later()
+        self._note("requestheaders")
+        return None
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._note("response")
+
+
+class UpdateListener:
+    def __init__(self, log: list[tuple[str, str]]) -> None:
+        self.log = log
+
+    def update(self, flows: list[Any]) -> None:
+        self.log.append(("updates", ",".join(f.id for f in flows)))
+
+
+def run_with(manager_cls: type[addonmanager.AddonManager] | None, script: Any) -> list[tuple[str, str]]:
+    """Run `script(master, log)` on a fresh Master using the stock manager (None) or `manager_cls`."""
+    log: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        master = Master(options.Options(), event_loop=asyncio.get_running_loop())
+        if manager_cls is not None:
+            use_hook_cache(master)
+        try:
+            await script(master, log)
+        finally:
+            await master.done()  # uninstalls the log handler bound to this loop
+
+    asyncio.run(main())
+    return log
+
+
+async def scenario(master: Master, log: list[tuple[str, str]]) -> None:
+    from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpResponseHook
+
+    f = tflow.tflow(resp=True)
+    a = Recorder("a", log)
+    b = Recorder("b", log, children=[Recorder("b.child", log), Recorder("b.child2", log)])
+    master.addons.add(a, Recorder("failing", log, fail=True), b)
+    await master.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+    c = Recorder("c", log, is_async=True)
+    master.addons.add(c)  # the cache must see addons added later
+    await master.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+    master.addons.remove(a)  # ... and removed ones
+    await master.addons.handle_lifecycle(HttpResponseHook(f))
+    master.addons.add(Recorder("halt", log, halt=True), Recorder("after-halt", log))
+    await master.addons.handle_lifecycle(HttpResponseHook(f))
+    master.addons.add(UpdateListener(log))  # an `update` listener gets one update per flow hook
+    await master.addons.handle_lifecycle(HttpRequestHeadersHook(f))
+    log.append(("flow", f.id))
+
+
+def test_hook_cache_calls_the_same_handlers_in_the_same_order_as_mitmproxy(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.ERROR):
+        stock = run_with(None, scenario)
+        cached = run_with(HookCache, scenario)
+    flow_id = cached[-1][1]
+    stock = [(n, h.replace(stock[-1][1], flow_id)) for n, h in stock]
+    assert cached == stock
+    assert ("after-halt", "response") not in cached  # AddonHalt stops the event
+    assert ("c", "requestheaders") in cached  # an async hook is awaited
+    assert ("updates", flow_id) in cached
+    assert ("b.child2", "requestheaders") in cached  # children run after their parent
+    assert "failing failed" in caplog.text  # a failing handler is logged, not raised, and the next runs
+
+
+def test_a_failing_child_does_not_skip_its_siblings() -> None:
+    """Stock mitmproxy wraps a parent and all its children in one `safecall`; the cache runs each
+    handler on its own, so a sibling after a failing child still runs (strictly more robust)."""
+    async def script(master: Master, log: list[tuple[str, str]]) -> None:
+        from mitmproxy.proxy.layers.http import HttpResponseHook
+
+        parent = Recorder("p", log, children=[Recorder("bad", log, fail=True), Recorder("good", log)])
+        master.addons.add(parent)
+        await master.addons.handle_lifecycle(HttpResponseHook(tflow.tflow(resp=True)))
+
+    assert ("good", "response") in run_with(HookCache, script)
+
+
+def test_no_update_hook_is_built_when_nobody_listens(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mitmproxy import hooks
+
+    built: list[object] = []
+    real = hooks.UpdateHook.__init__
+
+    def spy(self: Any, flows: Any) -> None:
+        built.append(flows)
+        real(self, flows)
+
+    monkeypatch.setattr(hooks.UpdateHook, "__init__", spy)
+
+    async def script(master: Master, log: list[tuple[str, str]]) -> None:
+        from mitmproxy.proxy.layers.http import HttpResponseHook
+
+        master.addons.add(Recorder("a", log))
+        await master.addons.handle_lifecycle(HttpResponseHook(tflow.tflow(resp=True)))
+
+    assert run_with(HookCache, script) == [("a", "response")]
+    assert built == []
+    run_with(None, script)
+    assert len(built) == 1  # stock mitmproxy builds (and dispatches) one per flow hook
+
+
+def test_handlers_of_skips_modules_and_rejects_non_callables() -> None:
+    class WithModule:
+        response = types.ModuleType("response")
+
+    class Broken:
+        response = 42
+
+    assert handlers_of([WithModule()], "response") == []
+    with pytest.raises(exceptions.AddonManagerError, match="not callable"):
+        handlers_of([Broken()], "response")
+
+
+def test_use_hook_cache_refuses_a_master_that_already_has_addons() -> None:
+    async def main() -> None:
+        master = Master(options.Options(), event_loop=asyncio.get_running_loop())
+        master.addons.add(Recorder("a", []))
+        with pytest.raises(RuntimeError, match="before addons are added"):
+            use_hook_cache(master)
+        await master.done()
+
+    asyncio.run(main())
+
+
+def test_options_still_reach_addons_through_the_cache() -> None:
+    """`configure` goes through the new manager (the old one is disconnected from option changes)."""
+    seen: list[set[str]] = []
+
+    class Configurable:
+        def load(self, loader: Any) -> None:
+            loader.add_option("tuning_test_opt", int, 1, "test option")
+
+        def configure(self, updated: set[str]) -> None:
+            seen.append(set(updated))
+
+    async def main() -> None:
+        master = Master(options.Options(), event_loop=asyncio.get_running_loop())
+        use_hook_cache(master)
+        master.addons.add(Configurable())
+        master.options.update(tuning_test_opt=5)
+        await master.done()
+
+    asyncio.run(main())
+    assert {"tuning_test_opt"} in seen
+
+
+def test_skip_message_typechecks_is_what_python_O_does() -> None:
+    skip_message_typechecks()
+    skip_message_typechecks()  # idempotent
+    # Under `python -O` mitmproxy never defines the check; with it skipped, a message is built without
+    # walking its fields (a wrong type is no longer caught here, exactly as under -O).
+    req = http.Request.make("GET", "http://example.com/")
+    req.data.__post_init__()
+    http.Request("example.com", 80, b"GET", b"http", b"", b"/", b"HTTP/1.1", http.Headers(), b"", None,
+                 "not-a-float", None)  # type: ignore[arg-type]
