@@ -27,9 +27,6 @@ class Pipeline:
         self.stats = stats if stats is not None else {}
         self.q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="neatlogs-pipeline", daemon=True)
-        self._idle = threading.Event()
-        self._idle.set()
-        self.pending = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -39,13 +36,9 @@ class Pipeline:
         return self._thread.is_alive()
 
     def submit_exchange(self, ex: Exchange) -> None:
-        self.pending += 1
-        self._idle.clear()
         self.q.put(("exchange", ex, None))
 
     def submit_events(self, events: list[Any], api_key: str | None) -> None:
-        self.pending += 1
-        self._idle.clear()
         self.q.put(("events", events, api_key))
 
     def _run(self) -> None:
@@ -67,10 +60,6 @@ class Pipeline:
                 except Exception:
                     self.stats["capture_errors"] = self.stats.get("capture_errors", 0) + 1
                     log.exception("capture failed for one %s (traffic was not affected)", kind)
-                finally:
-                    self.pending -= 1
-                    if self.pending <= 0:
-                        self._idle.set()
             now = time.monotonic()
             if now - last_tick >= TICK:
                 last_tick = now
