@@ -6,10 +6,11 @@ wrongly typed required fields give a 400 that names the event index and field.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from addon import fastjson
 
 MAX_EVENTS_BODY = 1024 * 1024
 MAX_EVENTS_PER_BATCH = 1000
@@ -125,7 +126,7 @@ def parse_batch(body: bytes) -> EventBatch:
     if len(body) > MAX_EVENTS_BODY:
         raise BadEvents(f"body larger than {MAX_EVENTS_BODY} bytes")
     try:
-        data = json.loads(body)
+        data = fastjson.loads(body)
     except (ValueError, RecursionError) as exc:
         raise BadEvents(f"body is not valid JSON: {exc}") from None
     try:

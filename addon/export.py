@@ -38,6 +38,8 @@ def _clean_value(v: object) -> object:
     if isinstance(v, float):
         return v if math.isfinite(v) else str(v)
     if isinstance(v, str):
+        if v.isascii():  # no copy; only non-ASCII text can hold a lone surrogate
+            return v
         try:
             v.encode("utf-8")
         except UnicodeEncodeError:  # lone surrogates, e.g. from a "\udcff" JSON escape

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from addon import fastjson
 from addon.spans import Span
 
 _SCHEMA = """
@@ -60,7 +61,7 @@ class LocalStore:
     def upsert(self, spans: list[Span]) -> None:
         rows = [(s.span_id, s.trace_id, s.parent_span_id, s.session_id, s.name,
                  str(s.attributes.get("neatlogs.span.kind", "")), s.start_ns, s.end_ns, s.status_code,
-                 s.status_message, json.dumps(s.attributes, ensure_ascii=False)) for s in spans]
+                 s.status_message, fastjson.dumps(s.attributes)) for s in spans]
         with self.lock:
             self.db.execute("BEGIN")
             self.db.executemany("INSERT OR REPLACE INTO spans VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)

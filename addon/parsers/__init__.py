@@ -6,10 +6,10 @@ format by path, decodes content-encoding, JSON and SSE, and maps HTTP errors. It
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
+from addon import fastjson
 from addon.decode import decode_body, decode_chunks
 from addon.model import Exchange, LLMRequest, LLMResponse, ProviderError
 from addon.parsers import openrouter
@@ -75,7 +75,7 @@ def _request(fmt: WireFormat, ex: Exchange) -> LLMRequest:
     if not body:
         return LLMRequest(api=fmt.api, error=None if ex.method == "GET" else "empty request body")
     try:
-        data = json.loads(body)
+        data = fastjson.loads(body)
     except (ValueError, RecursionError):
         return LLMRequest(api=fmt.api, error="request body is not JSON")
     req = fmt.parse_request(data, ex.path)
@@ -111,7 +111,7 @@ def _response(fmt: WireFormat, ex: Exchange) -> LLMResponse:
     if decode_error:
         return LLMResponse(error=ProviderError("decode_error", decode_error))
     try:
-        body: Any = json.loads(raw)
+        body: Any = fastjson.loads(raw)
     except (ValueError, RecursionError):
         body = raw.decode("utf-8", "replace")
     if ex.status >= 400:

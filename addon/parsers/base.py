@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
+from addon import fastjson
 from addon.model import LLMRequest, LLMResponse, ProviderError
 from addon.sse import SSEEvent
 
@@ -117,6 +118,6 @@ def to_int(value: Any) -> int:
 def loads(data: str) -> Any:
     """json.loads that answers None instead of raising: garbage in a stream is skipped, not fatal."""
     try:
-        return json.loads(data)
+        return fastjson.loads(data)
     except (ValueError, RecursionError):
         return None

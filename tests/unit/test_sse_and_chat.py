@@ -174,3 +174,48 @@ def test_garbage_never_raises(body: bytes, stream: bool, status: int) -> None:
     ex = exchange(body, stream=stream, status=status, split=17)
     ex.request_body = body
     parse_exchange(ex)
+
+
+# --- the decoder against a one-pass reading of the WHATWG rules -----------------------------------
+
+def reference_events(stream: bytes) -> list[tuple[str, str, str | None]]:
+    """Whole stream at once: normalise line ends, then apply the field rules line by line; a final
+    event without its blank line still counts (what `close` does at the end of a capture)."""
+    text = stream.replace(b"\r\n", b"\n").replace(b"\r", b"\n").decode("utf-8", "replace")
+    out: list[tuple[str, str, str | None]] = []
+    data: list[str] = []
+    event, last_id = "", None
+    for line in [*text.split("\n"), ""]:
+        if line == "":
+            if data or event:
+                out.append((event or "message", "\n".join(data), last_id))
+            data, event = [], ""
+        elif not line.startswith(":"):
+            name, sep, value = line.partition(":")
+            value = value[1:] if sep and value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name == "event":
+                event = value
+            elif name == "id":
+                last_id = value
+    return out
+
+
+SSE_LINES = st.sampled_from([
+    "data: {\"a\": 1}", "data:{}", "data: x", "data:", "data", "data:  two spaces", "event: ping", "event:",
+    "id: 7", "id:", ": comment", ":", "retry: 10", "unknown: field", "", "", "", "databank: not data",
+    "data: é✓",
+])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(SSE_LINES, max_size=25), st.sampled_from(["\n", "\r\n", "\r"]),
+       st.lists(st.integers(min_value=1, max_value=400), max_size=10), st.booleans())
+def test_decoder_matches_the_reference_for_any_stream_and_split(
+        lines: list[str], eol: str, cuts: list[int], trailing_eol: bool) -> None:
+    stream = eol.join(lines).encode() + (eol.encode() if trailing_eol else b"")
+    points = sorted({c for c in cuts if c < len(stream)})
+    pieces = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    got = [(e.event, e.data, e.id) for e in decode_events([(i, p) for i, p in enumerate(pieces)])]
+    assert got == reference_events(stream)

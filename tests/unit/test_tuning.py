@@ -8,11 +8,18 @@ import types
 from typing import Any
 
 import pytest
-from mitmproxy import addonmanager, exceptions, http, options
+from mitmproxy import addonmanager, connection, exceptions, http, options
 from mitmproxy.master import Master
-from mitmproxy.test import tflow
 
 from proxy.tuning import HookCache, handlers_of, skip_message_typechecks, use_hook_cache
+
+
+def a_flow() -> http.HTTPFlow:
+    client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+    f = http.HTTPFlow(client, connection.Server(address=("127.0.0.1", 3)))
+    f.request = http.Request.make("POST", "http://127.0.0.1:3/v1/chat/completions", b"{}")
+    f.response = http.Response.make(200, b"{}")
+    return f
 
 
 class Recorder:
@@ -74,7 +81,7 @@ def run_with(manager_cls: type[addonmanager.AddonManager] | None, script: Any) -
 async def scenario(master: Master, log: list[tuple[str, str]]) -> None:
     from mitmproxy.proxy.layers.http import HttpRequestHeadersHook, HttpResponseHook
 
-    f = tflow.tflow(resp=True)
+    f = a_flow()
     a = Recorder("a", log)
     b = Recorder("b", log, children=[Recorder("b.child", log), Recorder("b.child2", log)])
     master.addons.add(a, Recorder("failing", log, fail=True), b)
@@ -113,7 +120,7 @@ def test_a_failing_child_does_not_skip_its_siblings() -> None:
 
         parent = Recorder("p", log, children=[Recorder("bad", log, fail=True), Recorder("good", log)])
         master.addons.add(parent)
-        await master.addons.handle_lifecycle(HttpResponseHook(tflow.tflow(resp=True)))
+        await master.addons.handle_lifecycle(HttpResponseHook(a_flow()))
 
     assert ("good", "response") in run_with(HookCache, script)
 
@@ -134,7 +141,7 @@ def test_no_update_hook_is_built_when_nobody_listens(monkeypatch: pytest.MonkeyP
         from mitmproxy.proxy.layers.http import HttpResponseHook
 
         master.addons.add(Recorder("a", log))
-        await master.addons.handle_lifecycle(HttpResponseHook(tflow.tflow(resp=True)))
+        await master.addons.handle_lifecycle(HttpResponseHook(a_flow()))
 
     assert run_with(HookCache, script) == [("a", "response")]
     assert built == []
