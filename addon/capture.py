@@ -11,7 +11,7 @@ import logging
 import time
 import weakref
 
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from addon.model import Exchange
 from addon.pipeline import Pipeline
@@ -79,10 +79,17 @@ class Capture:
         self.pipeline = pipeline
         self.stats = stats if stats is not None else {}
         self.inflight = 0  # routed flows not finished yet (graceful shutdown waits for them)
+        self.limit = 16 * 1024 * 1024
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("neatlogs_max_capture_bytes", int, 16 * 1024 * 1024,
                           "Bytes of each request/response body kept for capture (traffic is never cut).")
+
+    def configure(self, updated: set[str]) -> None:
+        if "neatlogs_max_capture_bytes" in updated:
+            if ctx.options.neatlogs_max_capture_bytes < 0:
+                raise exceptions.OptionsError("neatlogs_max_capture_bytes must be >= 0")
+            self.limit = ctx.options.neatlogs_max_capture_bytes  # read per request: keep it an attribute
 
     def _failed(self, what: str) -> None:
         self.stats["capture_errors"] = self.stats.get("capture_errors", 0) + 1
@@ -112,7 +119,7 @@ class Capture:
         )
         flow.metadata[KEY] = ex
         self.inflight += 1
-        limit = ctx.options.neatlogs_max_capture_bytes
+        limit = self.limit
         length = req.headers.get("content-length", "").strip()
         declared = int(length) if length.isdigit() else None
         if declared == 0 or (declared is None and not req.headers.get("transfer-encoding")):
@@ -147,7 +154,7 @@ class Capture:
         if ex is None or flow.response is None:
             return
         try:
-            tap = Tap(ex.chunks, ctx.options.neatlogs_max_capture_bytes)
+            tap = Tap(ex.chunks, self.limit)
             flow.response.stream = tap
             flow.metadata["neatlogs.response_tap"] = tap
         except Exception:

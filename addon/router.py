@@ -33,6 +33,24 @@ def error_response(status: int, etype: str, message: str, **extra: object) -> ht
     return json_response(status, {"error": {"type": etype, "message": message, **extra}})
 
 
+def retarget(req: http.Request, route: Route, tail: str) -> None:
+    """Point the request at the route's upstream: scheme, host, port, path and Host header."""
+    data = req.data
+    if data.authority or req.is_http2 or req.is_http3:
+        req.scheme, req.host, req.port = route.scheme, route.host, route.port
+        req.path = route.base_path + tail
+        req.host_header = route.host_header
+        return
+    # An HTTP/1 origin-form request (what every LLM SDK sends): the same result as the setters above
+    # with one Host header write instead of three (mitmproxy's host and port setters each re-derive
+    # and rewrite it). This runs before every routed request goes upstream.
+    data.scheme = route.scheme.encode()
+    data.host = route.host
+    data.port = route.port
+    data.path = (route.base_path + tail).encode("utf-8", "surrogateescape")
+    req.headers["Host"] = route.host_header
+
+
 class Router:
     def __init__(self, internal: dict[tuple[str, str], Handler] | None = None) -> None:
         self.routes: dict[str, Route] = {}
@@ -73,15 +91,14 @@ class Router:
                 f"http://<proxy>/<route>/...", routes={n: r.url for n, r in sorted(self.routes.items())})
             return
         req = flow.request
-        req.scheme, req.host, req.port = route.scheme, route.host, route.port
-        req.path = route.base_path + tail
-        req.host_header = route.host_header
+        retarget(req, route, tail)
         flow.metadata["neatlogs.route"] = route
         # Keep the headers as received (an immutable tuple: capture reads session hints and the header
         # record from it off the event loop), then strip ours before the request goes upstream.
-        flow.metadata["neatlogs.request_fields"] = req.headers.fields
-        if any(k[:11].lower() == OUR_PREFIX_B for k, _ in req.headers.fields):
-            req.headers.fields = tuple(f for f in req.headers.fields if f[0][:11].lower() != OUR_PREFIX_B)
+        fields = req.headers.fields
+        flow.metadata["neatlogs.request_fields"] = fields
+        if any(k[:11].lower() == OUR_PREFIX_B for k, _ in fields):
+            req.headers.fields = tuple(f for f in fields if f[0][:11].lower() != OUR_PREFIX_B)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         """Routed answers always stream: if capture fails to install its tap, traffic still flows

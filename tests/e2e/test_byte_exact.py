@@ -110,6 +110,7 @@ class Replay(RawServer):
     def __init__(self, corpus: dict[str, Canned] | None = None) -> None:
         self.corpus = CORPUS if corpus is None else corpus
         self.bodies: list[tuple[str, bytes]] = []
+        self.heads: list[tuple[str, list[tuple[str, str]]]] = []  # (path, headers as sent) per request
         super().__init__(backlog=64)
 
     def _handle(self, conn: socket.socket) -> None:
@@ -119,9 +120,12 @@ class Replay(RawServer):
                 return
             path = line.split()[1]
             headers: dict[str, str] = {}
+            raw_headers: list[tuple[str, str]] = []
             while (h := f.readline()) not in (b"\r\n", b""):
                 k, _, v = h.decode("latin-1").partition(":")
                 headers[k.strip().lower()] = v.strip()
+                raw_headers.append((k.strip(), v.strip()))
+            self.heads.append((path, raw_headers))
             body = f.read(int(headers.get("content-length", "0")))
             self.bodies.append((path, body))
             c = self.corpus[next(seg for seg in path.split("?")[0].split("/") if seg in self.corpus)]
@@ -201,6 +205,26 @@ def test_every_response_reaches_the_client_byte_exact(replay: Replay, proxy, tmp
             db.close()
 
     wait_until(lambda: recorded() == len(CORPUS), timeout=20, message="one LLM span per exchange")
+
+
+def test_routes_rewrite_host_and_path_and_strip_only_our_headers(replay: Replay, proxy_process) -> None:
+    """A route with a base path (like OpenRouter's /api): the upstream gets the route's host in `Host`,
+    the base path + the rest of the path + the query, every header the client sent except ours."""
+    proxy = proxy_process(routes={"base": replay.url + "/api"}, args=["--idle-timeout", "0.5"])
+    before = len(replay.heads)
+    with httpx.Client(timeout=20) as c:
+        r = c.post(f"{proxy.url}/base/v1/json?beta=true&key=k%20x", content=b"{}", headers={
+            "content-type": "application/json", "x-session-id": "ses_route", "x-neatlogs-agent": "build",
+            "X-Custom-Header": "kept", "authorization": "Bearer sk-upstream"})
+    assert r.status_code == 200
+    (path, headers), = replay.heads[before:]
+    assert path == "/api/v1/json?beta=true&key=k%20x"
+    host = [v for k, v in headers if k.lower() == "host"]
+    assert host == [f"127.0.0.1:{replay.port}"]
+    names = [k.lower() for k, _ in headers]
+    assert not [n for n in names if n.startswith("x-neatlogs-")]
+    assert {"x-session-id", "x-custom-header", "authorization", "content-type"} <= set(names)
+    assert ("X-Custom-Header", "kept") in headers  # name case and value as sent
 
 
 @pytest.mark.parametrize("body", [
