@@ -490,13 +490,15 @@ def render_table(rep: Report) -> str:
         out.append(f"| {b}added by {k}{b} | {x['head']['p50']:.3f} | {b}{x['ttfb']['p50']:.3f}{b} | "
                    f"{b}{x['ttfb']['p99']:.3f}{b} | {b}{x['total']['p50']:.3f}{b} | {x['total']['p99']:.3f} |")
     out.append("")
+    def ms(v: float) -> str:
+        return "n/a" if v != v else f"{v:.3f} ms"  # NaN: no such stream in this rotation
+
     for k in names[1:]:
         x = e["added"][k]
         out.append(f"SSE {k}: request leg +{x['request_leg']['p50']:.3f} ms, response-headers leg "
                    f"+{x['head_leg']['p50']:.3f} ms (p50); TTFB p50 right after its own previous stream "
-                   f"{e[k]['ttfb_b2b']['p50']:.3f} ms, after another target's "
-                   f"{e[k]['ttfb_after_other']['p50']:.3f} ms (direct: {e['direct']['ttfb_b2b']['p50']:.3f} / "
-                   f"{e['direct']['ttfb_after_other']['p50']:.3f})")
+                   f"{ms(e[k]['ttfb_b2b']['p50'])}, after another target's {ms(e[k]['ttfb_after_other']['p50'])} "
+                   f"(direct: {ms(e['direct']['ttfb_b2b']['p50'])} / {ms(e['direct']['ttfb_after_other']['p50'])})")
     out.append("")
     ck = rep.checks
     out.append(f"proxy CPU (all threads) per proxied small request: "
