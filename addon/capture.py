@@ -20,6 +20,7 @@ from proxy.routes import Route
 log = logging.getLogger(__name__)
 
 KEY = "neatlogs.exchange"
+DEFAULT_MAX_CAPTURE_BYTES = 16 * 1024 * 1024
 
 # Routed requests → their route, for the JSON error answers mitmproxy's own failures get (see
 # proxy/server.py: install_json_errors). Keyed by the request object mitmproxy's HTTP/1 server layer
@@ -79,10 +80,10 @@ class Capture:
         self.pipeline = pipeline
         self.stats = stats if stats is not None else {}
         self.inflight = 0  # routed flows not finished yet (graceful shutdown waits for them)
-        self.limit = 16 * 1024 * 1024
+        self.limit = DEFAULT_MAX_CAPTURE_BYTES
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
-        loader.add_option("neatlogs_max_capture_bytes", int, 16 * 1024 * 1024,
+        loader.add_option("neatlogs_max_capture_bytes", int, DEFAULT_MAX_CAPTURE_BYTES,
                           "Bytes of each request/response body kept for capture (traffic is never cut).")
 
     def configure(self, updated: set[str]) -> None:

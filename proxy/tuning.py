@@ -28,7 +28,7 @@ def handlers_of(chain: list[Any], name: str) -> list[Handler]:
     found: list[Handler] = []
     for addon in addonmanager.traverse(chain):
         func = getattr(addon, name, None)
-        if func is None or inspect.ismodule(func):
+        if not func or inspect.ismodule(func):  # as stock mitmproxy: falsy attributes are not handlers
             continue
         if not callable(func):
             raise exceptions.AddonManagerError(f"Addon handler {name} ({addon}) not callable")

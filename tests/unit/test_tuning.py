@@ -156,7 +156,12 @@ def test_handlers_of_skips_modules_and_rejects_non_callables() -> None:
     class Broken:
         response = 42
 
-    assert handlers_of([WithModule()], "response") == []
+    class Disabled:
+        response = None
+        request = 0  # falsy: not a handler, as in stock mitmproxy
+
+    assert handlers_of([WithModule(), Disabled()], "response") == []
+    assert handlers_of([Disabled()], "request") == []
     with pytest.raises(exceptions.AddonManagerError, match="not callable"):
         handlers_of([Broken()], "response")
 
