@@ -175,11 +175,11 @@ def start_upstream(chunks: int, delay_ms: float, relay_to: int | None = None) ->
 
 
 def start_proxy(upstream_port: int, data_dir: Path, cprofile: str | None,
-                root: Path = ROOT) -> tuple[subprocess.Popen[bytes], int]:
+                root: Path = ROOT, python: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
     env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [sys.executable]
+    cmd = [python or sys.executable]
     if cprofile:
         cmd += ["-m", "cProfile", "-o", cprofile]
     cmd += ["-m", "proxy.cli", "--port", str(port), "--data-dir", str(data_dir),
@@ -594,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--py-spy", metavar="OUT", help="profile the proxy with `py-spy record` during the run "
                     "(.svg flamegraph, .txt collapsed stacks, .json speedscope)")
     ap.add_argument("--cprofile", metavar="OUT", help="run the proxy under cProfile (skews its latency)")
+    ap.add_argument("--proxy-python", metavar="PYTHON",
+                    help="interpreter for the proxy (A/B of Python versions); default: this one")
     ap.add_argument("--proxy-root", type=Path, default=ROOT,
                     help="run the proxy from another checkout (A/B experiments); default: this repo")
     args = ap.parse_args(argv)
@@ -611,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     upstream, uport = start_upstream(args.sse_chunks, args.sse_delay_ms)
     tmp = tempfile.TemporaryDirectory(prefix="neatlogs-bench-")
     data_dir = Path(tmp.name)
-    proxy, pport = start_proxy(uport, data_dir, args.cprofile, args.proxy_root.resolve())
+    proxy, pport = start_proxy(uport, data_dir, args.cprofile, args.proxy_root.resolve(), args.proxy_python)
     spy: subprocess.Popen[bytes] | None = None
     relay: subprocess.Popen[str] | None = None
     targets = [Target("direct", uport, ""), Target("proxy", pport, "/fake")]

@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import signal
+import socket
 import time
 
 from mitmproxy import http, options, version
@@ -36,7 +37,7 @@ from addon.spool import Spool
 from addon.store import LocalStore
 from addon.transport import OTLPTransport
 from proxy.settings import Settings
-from proxy.tuning import skip_message_typechecks, use_hook_cache
+from proxy.tuning import skip_message_typechecks, use_compatible_eager_tasks, use_hook_cache
 
 log = logging.getLogger("neatlogs.proxy")
 
@@ -135,6 +136,36 @@ def cost_function():  # type: ignore[no-untyped-def]
     return compute_cost
 
 
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the proxy could not listen on host:port, found before mitmproxy tries (its own message
+    talks about its `--mode` option, which our users never set); None when it can."""
+    if port == 0:
+        return None
+    try:
+        family, stype, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                           flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror}"
+    with socket.socket(family, stype, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the real listener does
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            hint = " (is another neatlogs-proxy running? choose another --port)" if exc.errno == 98 else ""
+            return f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}{hint}"
+    return None
+
+
+class Started:
+    """Addon: set once mitmproxy runs, i.e. its listeners are up (the `running` hook)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def running(self) -> None:
+        self.event.set()
+
+
 class App:
     """Everything one proxy process owns, wired together."""
 
@@ -178,14 +209,20 @@ class App:
 
 
 async def serve(settings: Settings) -> int:
+    problem = listen_problem(settings.host, settings.port)
+    if problem:
+        log.error("%s", problem)
+        return 1
     install_json_errors()
     skip_message_typechecks()
+    use_compatible_eager_tasks()
     app = App(settings)
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
     use_hook_cache(master)
+    started = Started()
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-                      errorcheck.ErrorCheck(), *app.addons())
+                      errorcheck.ErrorCheck(), *app.addons(), started)
     opts.update(
         mode=["reverse:http://127.0.0.1:9"],  # placeholder: the router picks the upstream per request
         listen_host=settings.host,
@@ -216,14 +253,22 @@ async def serve(settings: Settings) -> int:
 
     run = asyncio.create_task(master.run())
     stopper = asyncio.create_task(stopping.wait())
-    log.info("neatlogs-proxy listening on http://%s:%d; routes: %s", settings.host, settings.port,
-             ", ".join(f"/{n}→{r.url}" for n, r in sorted(app.endpoints.routes().items())))
-    log.info("traces go to %s", app.where())
-    done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    ready = asyncio.create_task(started.event.wait())
+    done, _ = await asyncio.wait({run, stopper, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if ready in done:  # said only once it is true
+        log.info("neatlogs-proxy listening on http://%s:%d; routes: %s", settings.host, settings.port,
+                 ", ".join(f"/{n}→{r.url}" for n, r in sorted(app.endpoints.routes().items())))
+        log.info("traces go to %s", app.where())
+        done, _ = await asyncio.wait({run, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    else:
+        ready.cancel()
     code = 0
     deadline = time.monotonic() + settings.shutdown_timeout
     if run in done:
-        code = 1 if run.exception() else 0  # startup failed (port in use...): errorcheck logged why
+        exc = run.exception()
+        if exc is not None:
+            log.error("the proxy stopped: %s: %s", type(exc).__name__, exc)
+        code = 1 if exc is not None or not started.event.is_set() else 0
     else:
         log.info("shutting down: finishing in-flight requests (up to %.0fs)", settings.shutdown_timeout)
         ps = master.addons.get("proxyserver")

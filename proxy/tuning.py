@@ -9,15 +9,20 @@ Measured on the request path of a routed call (bench/README.md, "Where the time 
   the event loop's time). mitmproxy itself drops that check under `python -O`
   (it is defined inside `if __debug__:`); `skip_message_typechecks` drops it the same way without
   also stripping every `assert`.
+
+And one compatibility fix: `use_compatible_eager_tasks` (uvloop on Python 3.13).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from mitmproxy import addonmanager, exceptions, flow, hooks, http
+from mitmproxy.utils import asyncio_utils
 
 Handler = tuple[Any, Callable[..., Any]]
 
@@ -118,3 +123,34 @@ def use_hook_cache(master: Any) -> HookCache:
     master.options.changed.disconnect(master.addons._configure_all)
     master.addons = HookCache(master)
     return master.addons
+
+
+def eager_task_factory(loop: asyncio.AbstractEventLoop, coro: Any, *, name: str | None = None,
+                       context: Any = None, eager_start: bool | None = None) -> asyncio.Task[Any]:
+    """mitmproxy's eager task factory, callable by every loop we run on.
+
+    mitmproxy installs `asyncio.eager_task_factory` while it runs. On Python 3.13, uvloop passes the
+    factory an `eager_start` argument that CPython's own factory does not take (it does from 3.14), so
+    the proxy died at startup ("unexpected keyword argument 'eager_start'"). This one takes it, and
+    starts tasks eagerly as mitmproxy expects.
+    """
+    return asyncio.Task(coro, loop=loop, name=name, context=context, eager_start=True)
+
+
+def use_compatible_eager_tasks() -> None:
+    """Make mitmproxy install `eager_task_factory` above instead of asyncio's."""
+    if getattr(asyncio_utils, "_neatlogs_eager_tasks", False):
+        return
+
+    @contextlib.contextmanager
+    def set_eager_task_factory() -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        existing = loop.get_task_factory()
+        loop.set_task_factory(eager_task_factory)  # type: ignore[arg-type]
+        try:
+            yield
+        finally:
+            loop.set_task_factory(existing)
+
+    asyncio_utils.set_eager_task_factory = set_eager_task_factory
+    asyncio_utils._neatlogs_eager_tasks = True  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -482,6 +483,25 @@ def test_small_request_bodies_stream_upstream_without_waiting_for_their_end(prox
         assert "streamed prompt " + "x" * 2000 in spans[0]["attributes"]["input.value"]
     finally:
         upstream.close()
+
+
+def test_a_port_in_use_fails_fast_with_a_clear_message(tmp_path: Path) -> None:
+    """Startup failures say what is wrong in our terms, exit 1, and never claim to be listening."""
+    from tests.conftest import PROXY_CMD, REPO
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
+        env["PYTHONPATH"] = str(REPO)
+        out = subprocess.run([*PROXY_CMD, "--port", str(port), "--data-dir", str(tmp_path / "data")],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out
+    log = out.stdout + out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in log
+    assert "choose another --port" in log
+    assert "listening on" not in log and "--mode" not in log
 
 
 # --- what the client sees ------------------------------------------------------------------------

@@ -208,3 +208,51 @@ def test_skip_message_typechecks_is_what_python_O_does() -> None:
     req.data.__post_init__()
     http.Request("example.com", 80, b"GET", b"http", b"", b"/", b"HTTP/1.1", http.Headers(), b"", None,
                  "not-a-float", None)  # type: ignore[arg-type]
+
+
+def test_eager_task_factory_takes_what_uvloop_passes_and_starts_tasks_eagerly() -> None:
+    """uvloop on Python 3.13 calls the task factory with `eager_start`, which asyncio's own factory
+    (3.13) refuses: the proxy died at startup. Ours takes it, with or without, and starts eagerly."""
+    import uvloop
+
+    from proxy.tuning import eager_task_factory
+
+    steps: list[str] = []
+
+    async def coro() -> str:
+        steps.append("ran before create_task returned")
+        await asyncio.sleep(0)
+        return "done"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for kwargs in ({}, {"eager_start": None}, {"eager_start": True, "name": "t", "context": None}):
+            steps.clear()
+            task = eager_task_factory(loop, coro(), **kwargs)  # type: ignore[arg-type]
+            assert steps == ["ran before create_task returned"]
+            assert await task == "done"
+        loop.set_task_factory(eager_task_factory)  # type: ignore[arg-type]
+        steps.clear()
+        task = loop.create_task(coro(), name="through the loop")
+        assert steps == ["ran before create_task returned"] and await task == "done"
+        assert task.get_name() == "through the loop"
+
+    uvloop.run(main())
+
+
+def test_mitmproxy_installs_the_compatible_factory_while_it_runs() -> None:
+    from mitmproxy.utils import asyncio_utils
+
+    from proxy.tuning import eager_task_factory, use_compatible_eager_tasks
+
+    use_compatible_eager_tasks()
+    use_compatible_eager_tasks()  # idempotent
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        before = loop.get_task_factory()
+        with asyncio_utils.set_eager_task_factory():
+            assert loop.get_task_factory() is eager_task_factory
+        assert loop.get_task_factory() is before
+
+    asyncio.run(main())
