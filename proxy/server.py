@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import re
@@ -151,7 +152,8 @@ def listen_problem(host: str, port: int) -> str | None:
         try:
             sock.bind(addr)
         except OSError as exc:
-            hint = " (is another neatlogs-proxy running? choose another --port)" if exc.errno == 98 else ""
+            in_use = exc.errno == errno.EADDRINUSE
+            hint = " (is another neatlogs-proxy running? choose another --port)" if in_use else ""
             return f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}{hint}"
     return None
 
