@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO
-from tests.fakes.fake_collector import FakeCollector
+from tests.fakes.fake_collector import FakeCollector, assert_one_wire_tool_span
 from tests.fakes.fake_llm import DEFAULT_TITLE, FakeLLM, Usage, tool_then_answer
 from tests.fakes.util import wait_until
 
@@ -101,14 +101,7 @@ def test_opencode_session_exported_as_one_trace(fake_llm: FakeLLM, fake_collecto
     assert "system" not in {v for k, v in second.attributes.items() if k.endswith(".role")}
     assert second.attributes["neatlogs.llm.input_messages.2.tool_call_id"] == call_id
 
-    tools = [s for s in spans.values() if s.name.startswith("opencode.tool.")]
-    assert len(tools) == 1
-    tool = tools[0]
-    assert tool.name == "opencode.tool.read" and tool.parent_span_id == root.span_id
-    assert tool.attributes["neatlogs.tool.source"] == "wire"
-    assert tool.attributes["neatlogs.tool.call_id"] == call_id
-    assert "4242" in tool.attributes["neatlogs.tool.output"]
-    assert first.end_ns <= tool.start_ns <= tool.end_ns <= second.start_ns
+    assert_one_wire_tool_span(spans, root, call_id, first, second, "4242")
 
     markers = [s for s in spans.values() if s.name == "neatlogs.trace.complete"]
     assert len(markers) == 1 and markers[0].attributes["neatlogs.span.kind"] == "Neatlogs.INTERNAL"

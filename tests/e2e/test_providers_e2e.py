@@ -23,7 +23,7 @@ from addon.cost import compute_cost
 from addon.model import Usage
 from tests.conftest import opencode_env
 from tests.e2e.test_plugin_e2e import install_plugin
-from tests.fakes.fake_collector import FakeCollector, FlatSpan
+from tests.fakes.fake_collector import FakeCollector, FlatSpan, assert_one_wire_tool_span
 from tests.fakes.fake_llm import FakeLLM, text_step, tool_step
 from tests.fakes.fake_llm import Usage as ChatUsage
 from tests.fakes.fake_providers import DEFAULT_TITLE, FakeProvider, StepUsage, text, tool
@@ -219,14 +219,7 @@ def test_builtin_provider_through_proxy(case: Case, fake_collector: FakeCollecto
     assert call_id
     if case.route != "google":  # Gemini has no call ids on the wire: the proxy makes its own
         assert call_id == mains[0].reply_call_ids[0]
-    tools = [s for s in spans.values() if s.name.startswith("opencode.tool.")]
-    assert len(tools) == 1
-    tspan = tools[0]
-    assert tspan.name == "opencode.tool.read" and tspan.parent_span_id == root.span_id
-    assert tspan.attributes["neatlogs.tool.source"] == "wire"
-    assert tspan.attributes["neatlogs.tool.call_id"] == call_id
-    assert "7319" in tspan.attributes["neatlogs.tool.output"]
-    assert first.end_ns <= tspan.start_ns <= tspan.end_ns <= second.start_ns
+    assert_one_wire_tool_span(spans, root, call_id, first, second, "7319")
 
     # --- session totals and secrets ----------------------------------------------------------------
     priced = [(case.model, u) for u in case.usages] + ([(case.title_model, TITLE_USAGE)] if case.title_priced else [])

@@ -75,6 +75,21 @@ class FlatSpan:
         return self.attributes.get(key, default)
 
 
+def assert_one_wire_tool_span(spans: dict[str, FlatSpan], root: FlatSpan, call_id: str, before: FlatSpan,
+                              after: FlatSpan, output_contains: str) -> None:
+    """The one `read` tool run of a session without the plugin, rebuilt from the wire: under the root,
+    with the provider's call id and the tool's output, between the LLM call that asked for it and the
+    one that got its result."""
+    tools = [s for s in spans.values() if s.name.startswith("opencode.tool.")]
+    assert len(tools) == 1
+    tool = tools[0]
+    assert tool.name == "opencode.tool.read" and tool.parent_span_id == root.span_id
+    assert tool.attributes["neatlogs.tool.source"] == "wire"
+    assert tool.attributes["neatlogs.tool.call_id"] == call_id
+    assert output_contains in tool.attributes["neatlogs.tool.output"]
+    assert before.end_ns <= tool.start_ns <= tool.end_ns <= after.start_ns
+
+
 @dataclass
 class CollectorRequest:
     method: str
