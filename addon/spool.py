@@ -65,18 +65,26 @@ class Spool:
         self._full_episode = False
 
     def put(self, spans: list[Span], dest: str | None) -> None:
+        """Append spans; when that passes the byte limit, the oldest go in the same transaction, so
+        the spool is never over its limit, not even between two statements or after a crash."""
         rows = [(dest, s.span_id, s.model_dump_json(), time.time()) for s in spans]
         with self.lock:
+            before = (self.bytes, self.depth, self.dropped, self._full_episode)
             self.db.execute("BEGIN")
-            for dest_, sid, payload, created in rows:
-                self.db.execute("INSERT INTO spool(dest, span_id, payload, size, created) VALUES (?,?,?,?,?)",
-                                (dest_, sid, payload, len(payload), created))
-            self.db.execute("COMMIT")
-            self.bytes += sum(len(r[2]) for r in rows)
-            self.depth += len(rows)
-            if self.bytes > self.max_bytes:
-                self._drop_oldest()
-            elif self._full_episode and self.bytes < self.max_bytes * 0.9:
+            try:
+                for dest_, sid, payload, created in rows:
+                    self.db.execute("INSERT INTO spool(dest, span_id, payload, size, created) VALUES (?,?,?,?,?)",
+                                    (dest_, sid, payload, len(payload), created))
+                self.bytes += sum(len(r[2]) for r in rows)
+                self.depth += len(rows)
+                if self.bytes > self.max_bytes:
+                    self._drop_oldest()
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                self.bytes, self.depth, self.dropped, self._full_episode = before
+                raise
+            if self._full_episode and self.bytes < self.max_bytes * 0.9 and self.dropped == before[2]:
                 self._full_episode = False
                 log.info("spool below its limit again; %d spans were dropped while it was full", self.dropped)
 

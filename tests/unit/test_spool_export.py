@@ -95,6 +95,38 @@ def test_spool_drops_oldest_when_full_and_logs_once_per_episode(tmp_path: Path,
     assert len([r for r in caplog.records if "spool full" in r.getMessage()]) == 2
 
 
+def test_the_spool_is_never_over_its_limit_as_another_reader_sees_it(tmp_path: Path) -> None:
+    """Dropping the oldest happens in the transaction that added the newest: a reader (or a crash)
+    between two statements never finds the spool over its limit."""
+    spool = Spool(tmp_path / "spool.db", 50_000)
+    reader = sqlite3.connect(tmp_path / "spool.db")
+    seen: list[int] = []
+    spool.db.set_trace_callback(
+        lambda _stmt: seen.append(reader.execute("SELECT COALESCE(SUM(size), 0) FROM spool").fetchone()[0]))
+    for i in range(40):
+        spool.put([span(f"s{i}", size=4000)], None)
+    spool.db.set_trace_callback(None)
+    reader.close()
+    assert spool.dropped > 0 and len(seen) > 80
+    assert max(seen) <= 50_000
+
+
+def test_a_failed_put_leaves_the_spool_and_its_counters_as_they_were(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.db", 50_000)
+    for i in range(10):
+        spool.put([span(f"s{i}", size=4000)], None)
+    before = (spool.bytes, spool.depth, spool.dropped)
+    assert before[2] == 0
+    spool.db.execute("CREATE TRIGGER refuse BEFORE INSERT ON spool WHEN NEW.span_id = 'badbadbadbadbad0' "
+                     "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(sqlite3.DatabaseError, match="refused"):
+        spool.put([span("ok", size=4000), span("x", span_id="badbadbadbadbad0")], None)
+    assert (spool.bytes, spool.depth, spool.dropped) == before
+    assert [r.span.name for r in spool.take(limit=100)] == [f"s{i}" for i in range(10)]
+    spool.put([span("after", size=10)], None)  # no transaction left open
+    assert spool.depth == 11
+
+
 def test_unreadable_rows_are_set_aside(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool.db", 10 * 2**20)
     spool.put([span("good1")], None)
