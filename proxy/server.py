@@ -38,7 +38,14 @@ from addon.spool import Spool
 from addon.store import LocalStore
 from addon.transport import OTLPTransport
 from proxy.settings import Settings
-from proxy.tuning import skip_message_typechecks, use_compatible_eager_tasks, use_hook_cache
+from proxy.tuning import (
+    fast_header_lookups,
+    fast_option_reads,
+    skip_message_typechecks,
+    use_compatible_eager_tasks,
+    use_hook_cache,
+    use_inline_hooks,
+)
 
 log = logging.getLogger("neatlogs.proxy")
 
@@ -218,6 +225,9 @@ async def serve(settings: Settings) -> int:
     install_json_errors()
     skip_message_typechecks()
     use_compatible_eager_tasks()
+    use_inline_hooks()
+    fast_option_reads()
+    fast_header_lookups()
     app = App(settings)
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import types
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mitmproxy import addonmanager, connection, exceptions, http, options
 from mitmproxy.master import Master
 
@@ -256,3 +259,53 @@ def test_mitmproxy_installs_the_compatible_factory_while_it_runs() -> None:
         assert loop.get_task_factory() is before
 
     asyncio.run(main())
+
+
+# --- option reads and header lookups: same answers as stock mitmproxy --------------------------------
+
+_names = st.sampled_from([b"Content-Length", b"content-length", b"HOST", b"x-\xc3\xa9", b"Transfer-Encoding", b"a"])
+_fields = st.lists(st.tuples(st.one_of(_names, st.binary(min_size=1, max_size=8)), st.binary(max_size=12)),
+                   max_size=8)
+
+
+def stock_get_all(h: http.Headers, name: str | bytes) -> list[str]:
+    """mitmproxy's own `Headers.get_all`, spelled out (the class method may already be tuned)."""
+    from mitmproxy.coretypes import multidict
+
+    return [http._native(x) for x in multidict._MultiDict.get_all(h, http._always_bytes(name))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_fields, st.one_of(_names, st.binary(max_size=8)), st.booleans())
+def test_fast_header_lookups_answer_as_stock_mitmproxy(fields: list[tuple[bytes, bytes]], name: bytes,
+                                                       as_text: bool) -> None:
+    from proxy.tuning import fast_header_lookups
+
+    fast_header_lookups()
+    fast_header_lookups()  # idempotent
+    h = http.Headers(fields)
+    key: str | bytes = name.decode("utf-8", "surrogateescape") if as_text else name
+    assert h.get_all(key) == stock_get_all(h, key)
+    assert (key in h) == bool(stock_get_all(h, key))
+    assert h.get(key) == (", ".join(stock_get_all(h, key)) if stock_get_all(h, key) else None)
+    with pytest.raises(TypeError):
+        _ = 3 in h  # as stock: only str and bytes are header names
+
+
+def test_fast_option_reads_still_copy_mutable_values() -> None:
+    from proxy.tuning import fast_option_reads
+
+    fast_option_reads()
+    fast_option_reads()  # idempotent
+    opts = options.Options()
+    opts.add_option("tuning_list", Sequence[str], ["a"], "a mutable option")
+    opts.add_option("tuning_int", int, 7, "an immutable option")
+    first = opts.tuning_list
+    first.append("changed by a caller")
+    assert opts.tuning_list == ["a"]  # callers still get a copy they may change
+    assert opts.tuning_int == 7
+    opts.update(tuning_list=["b", "c"], tuning_int=8)
+    assert opts.tuning_list == ["b", "c"] and opts.tuning_list is not opts.tuning_list
+    assert opts.tuning_int == 8
+    opts.reset()
+    assert opts.tuning_list == ["a"] and opts.tuning_int == 7
