@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from collections.abc import Callable
+from functools import partial
 
 from mitmproxy import ctx, exceptions, http
 
@@ -20,6 +22,7 @@ from proxy.routes import Route
 log = logging.getLogger(__name__)
 
 KEY = "neatlogs.exchange"
+WAITING = "neatlogs.waiting_first_byte"
 DEFAULT_MAX_CAPTURE_BYTES = 16 * 1024 * 1024
 
 # Routed requests → their route, for the JSON error answers mitmproxy's own failures get (see
@@ -44,10 +47,12 @@ class Tap:
     as the limit is passed (a cut JSON request body is useless to the parsers, so why hold it).
     """
 
-    __slots__ = ("chunks", "drop_on_overflow", "limit", "size", "total", "truncated")
+    __slots__ = ("chunks", "drop_on_overflow", "first", "limit", "size", "total", "truncated")
 
-    def __init__(self, chunks: list[tuple[int, bytes]], limit: int, drop_on_overflow: bool = False) -> None:
+    def __init__(self, chunks: list[tuple[int, bytes]], limit: int, drop_on_overflow: bool = False,
+                 first: Callable[[], None] | None = None) -> None:
         self.chunks = chunks
+        self.first = first  # called once, at the first bytes
         self.limit = limit
         self.size = 0
         self.total = 0
@@ -56,6 +61,9 @@ class Tap:
 
     def __call__(self, data: bytes) -> bytes:
         if data:
+            if self.first is not None:
+                first, self.first = self.first, None
+                first()
             self.total += len(data)
             if not self.truncated and self.size + len(data) <= self.limit:
                 self.chunks.append((time.time_ns(), data))
@@ -120,6 +128,8 @@ class Capture:
         )
         flow.metadata[KEY] = ex
         self.inflight += 1
+        flow.metadata[WAITING] = True
+        self.pipeline.traffic.started()  # the pipeline holds its work until this has its first byte
         limit = self.limit
         length = req.headers.get("content-length", "").strip()
         declared = int(length) if length.isdigit() else None
@@ -155,7 +165,7 @@ class Capture:
         if ex is None or flow.response is None:
             return
         try:
-            tap = Tap(ex.chunks, self.limit)
+            tap = Tap(ex.chunks, self.limit, first=partial(self._answered, flow))
             flow.response.stream = tap
             flow.metadata["neatlogs.response_tap"] = tap
         except Exception:
@@ -167,10 +177,15 @@ class Capture:
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow, flow.error.msg if flow.error else "unknown error")
 
+    def _answered(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop(WAITING, False):
+            self.pipeline.traffic.answered()
+
     def _finish(self, flow: http.HTTPFlow, error: str | None) -> None:
         ex: Exchange | None = flow.metadata.pop(KEY, None)
         if ex is None:
             return
+        self._answered(flow)
         self.inflight -= 1
         try:
             self._complete(flow, ex, error)
