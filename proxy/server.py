@@ -39,6 +39,7 @@ from addon.store import LocalStore
 from addon.transport import OTLPTransport
 from proxy.settings import Settings
 from proxy.tuning import (
+    fast_context_fork,
     fast_header_lookups,
     fast_option_reads,
     skip_message_typechecks,
@@ -228,6 +229,7 @@ async def serve(settings: Settings) -> int:
     use_inline_hooks()
     fast_option_reads()
     fast_header_lookups()
+    fast_context_fork()
     app = App(settings)
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())

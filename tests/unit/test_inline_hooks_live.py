@@ -1,5 +1,7 @@
-"""InlineHooks on real connections: an in-process mitmproxy in reverse mode, a stock one and a tuned one
-(HookCache + inline hooks), the same keep-alive exchanges through each, over 127.0.0.1.
+"""proxy.tuning on real connections: mitmproxy in reverse mode, stock and tuned exactly as the proxy runs
+it (HookCache, inline hooks, every behaviour-preserving trim), the same keep-alive exchanges through
+each over 127.0.0.1. Each side runs in a fresh interpreter, so the stock side is really stock (the
+trims patch mitmproxy's classes for the whole process).
 
 Both must call the same hooks in the same order and hand the client the same bytes.
 """
@@ -7,14 +9,21 @@ Both must call the same hooks in the same order and hand the client the same byt
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from mitmproxy import options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
-from proxy.tuning import InlineHooks, use_hook_cache, use_inline_hooks
+from proxy import tuning
+
+REPO = Path(__file__).resolve().parents[2]
 
 SSE = b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in (b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n"))
 
@@ -109,9 +118,13 @@ async def through_proxy(tuned: bool) -> tuple[list[str], list[bytes], bool]:
     up_port = up.sockets[0].getsockname()[1]
     port = free_port()
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
-    if tuned:
-        use_hook_cache(master)
-        use_inline_hooks()
+    if tuned:  # what proxy.server.serve installs
+        tuning.use_hook_cache(master)
+        tuning.use_inline_hooks()
+        tuning.skip_message_typechecks()
+        tuning.fast_option_reads()
+        tuning.fast_header_lookups()
+        tuning.fast_context_fork()
     hooks = HookLog()
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(), hooks)
     master.options.update(mode=[f"reverse:http://127.0.0.1:{up_port}"], listen_host="127.0.0.1", listen_port=port,
@@ -127,7 +140,7 @@ async def through_proxy(tuned: bool) -> tuple[list[str], list[bytes], bool]:
             writer.write(raw)
             answers.append(await asyncio.wait_for(read_response(reader), 10))
         handlers = master.addons.get("proxyserver").connections.values()
-        wrapped = all(isinstance(h.layer, InlineHooks) for h in handlers) and bool(handlers)
+        wrapped = all(isinstance(h.layer, tuning.InlineHooks) for h in handlers) and bool(handlers)
         writer.close()
         return hooks.log, answers, wrapped
     finally:
@@ -136,9 +149,17 @@ async def through_proxy(tuned: bool) -> tuple[list[str], list[bytes], bool]:
         up.close()
 
 
+def run_side(side: str) -> tuple[list[str], list[bytes], bool]:
+    out = subprocess.run([sys.executable, "-m", "tests.unit.test_inline_hooks_live", side], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return got["log"], [base64.b64decode(b) for b in got["bytes"]], got["wrapped"]
+
+
 def test_tuned_mitmproxy_calls_the_same_hooks_and_sends_the_same_bytes_as_stock() -> None:
-    stock_log, stock_bytes, stock_wrapped = asyncio.run(through_proxy(tuned=False))
-    tuned_log, tuned_bytes, tuned_wrapped = asyncio.run(through_proxy(tuned=True))
+    stock_log, stock_bytes, stock_wrapped = run_side("stock")
+    tuned_log, tuned_bytes, tuned_wrapped = run_side("tuned")
     assert not stock_wrapped and tuned_wrapped  # only a HookCache master gets inline hooks
     assert tuned_log == stock_log
     assert stock_log[0] == "client_connected"
@@ -146,3 +167,8 @@ def test_tuned_mitmproxy_calls_the_same_hooks_and_sends_the_same_bytes_as_stock(
         "requestheaders POST /sse", "request POST /sse", "responseheaders POST /sse", "response POST /sse"]
     assert tuned_bytes == stock_bytes
     assert tuned_bytes[0].endswith(b'{"echo": 11}') and tuned_bytes[1].endswith(SSE + b"0\r\n\r\n")
+
+
+if __name__ == "__main__":
+    log, answers, wrapped = asyncio.run(through_proxy(tuned=sys.argv[1] == "tuned"))
+    print(json.dumps({"log": log, "bytes": [base64.b64encode(a).decode() for a in answers], "wrapped": wrapped}))

@@ -309,3 +309,25 @@ def test_fast_option_reads_still_copy_mutable_values() -> None:
     assert opts.tuning_int == 8
     opts.reset()
     assert opts.tuning_list == ["a"] and opts.tuning_int == 7
+
+
+def test_fast_context_fork_builds_what_mitmproxy_builds() -> None:
+    from mitmproxy.proxy.context import Context
+
+    from proxy.tuning import fast_context_fork
+
+    client = connection.Client(peername=("127.0.0.1", 1), sockname=("127.0.0.1", 2), timestamp_start=0)
+    parent = Context(client, options.Options())
+    parent.server = connection.Server(address=("127.0.0.1", 3))
+    parent.layers = ["outer", "inner"]  # type: ignore[list-item]
+    stock = Context(parent.client, parent.options)  # what mitmproxy's fork does, spelled out
+    stock.server = parent.server
+    stock.layers = parent.layers.copy()
+    fast_context_fork()
+    fast_context_fork()  # idempotent
+    forked = parent.fork()
+    assert type(forked) is Context and vars(forked).keys() == vars(stock).keys()  # no attribute missed
+    assert forked.client is client and forked.options is parent.options and forked.server is parent.server
+    assert forked.layers == ["outer", "inner"] and forked.layers is not parent.layers
+    forked.layers.append("child")
+    assert parent.layers == ["outer", "inner"]
