@@ -122,13 +122,12 @@ class HookCache(addonmanager.AddonManager):
     def run_now(self, event: hooks.Hook) -> Coroutine[Any, Any, None] | None:
         """Run `event`'s handlers now, as `trigger_event` would. None once all have run; if one
         returns an awaitable (a plain function may), a coroutine that awaits it and runs the rest."""
-        return self._run(event.args(), self.handlers(event.name), 0)
-
-    def _run(self, args: Any, handlers: list[Handler], start: int) -> Coroutine[Any, Any, None] | None:
-        for i in range(start, len(handlers)):
+        args = event.args()
+        handlers = self.handlers(event.name)
+        for i, (_addon, func) in enumerate(handlers):
             try:
                 with addonmanager.safecall():
-                    res = handlers[i][1](*args)
+                    res = func(*args)
             except exceptions.AddonHalt:
                 return None
             if res is not None and inspect.isawaitable(res):
