@@ -83,7 +83,8 @@ def test_the_hold_is_bounded() -> None:
     submitted = time.monotonic()
     p.submit_exchange(exchange())
     assert c.got.wait(5)
-    assert c.seen[0][1] - submitted >= 0.2 and traffic.waiting == 1
+    # held for its whole bound (a timed wait may wake a clock tick early), then processed anyway
+    assert c.seen[0][1] - submitted >= 0.2 - 0.005 and traffic.waiting == 1
     p.stop(5)
 
 
