@@ -424,6 +424,18 @@ def machine_facts() -> dict[str, Any]:
     return facts
 
 
+def sse_rows(res: dict[str, Any], names: list[str], label: dict[str, str],
+             cols: list[tuple[str, str, bool]]) -> list[str]:
+    """One row per target, then one "added by" row per non-direct target; `cols` are (metric, quantile,
+    bold in the proxy's added row)."""
+    rows = [f"| {label[k]} | " + " | ".join(f"{res[k][m][q]:.3f}" for m, q, _ in cols) + " |" for k in names]
+    for k in names[1:]:
+        b = "**" if k == "proxy" else ""
+        cells = [f"{b if bold else ''}{res['added'][k][m][q]:.3f}{b if bold else ''}" for m, q, bold in cols]
+        rows.append(f"| {b}added by {k}{b} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def render_table(rep: Report) -> str:
     r = rep.results
     out: list[str] = []
@@ -482,15 +494,8 @@ def render_table(rep: Report) -> str:
     e = r["sse_c1"]
     out.append("| SSE, concurrency 1 (ms) | headers p50 | TTFB p50 | TTFB p99 | total p50 | total p99 |")
     out.append("|---|---:|---:|---:|---:|---:|")
-    for k in names:
-        x = e[k]
-        out.append(f"| {label[k]} | {x['head']['p50']:.3f} | {x['ttfb']['p50']:.3f} | {x['ttfb']['p99']:.3f} | "
-                   f"{x['total']['p50']:.3f} | {x['total']['p99']:.3f} |")
-    for k in names[1:]:
-        x = e["added"][k]
-        b = "**" if k == "proxy" else ""
-        out.append(f"| {b}added by {k}{b} | {x['head']['p50']:.3f} | {b}{x['ttfb']['p50']:.3f}{b} | "
-                   f"{b}{x['ttfb']['p99']:.3f}{b} | {b}{x['total']['p50']:.3f}{b} | {x['total']['p99']:.3f} |")
+    out += sse_rows(e, names, label, [("head", "p50", False), ("ttfb", "p50", True), ("ttfb", "p99", True),
+                                      ("total", "p50", True), ("total", "p99", False)])
     out.append("")
     def ms(v: float) -> str:
         return "n/a" if v != v else f"{v:.3f} ms"  # NaN: no such stream in this rotation
@@ -507,15 +512,8 @@ def render_table(rep: Report) -> str:
         out.append(f"| SSE, concurrency 1, {c['idle_gap_ms']:.0f} ms idle before each call (ms) | TTFB p50 | "
                    "TTFB p99 | req leg p50 | total p50 |")
         out.append("|---|---:|---:|---:|---:|")
-        for k in names:
-            x = e2[k]
-            out.append(f"| {label[k]} | {x['ttfb']['p50']:.3f} | {x['ttfb']['p99']:.3f} | "
-                       f"{x['request_leg']['p50']:.3f} | {x['total']['p50']:.3f} |")
-        for k in names[1:]:
-            x = e2["added"][k]
-            b = "**" if k == "proxy" else ""
-            out.append(f"| {b}added by {k}{b} | {b}{x['ttfb']['p50']:.3f}{b} | {x['ttfb']['p99']:.3f} | "
-                       f"{x['request_leg']['p50']:.3f} | {x['total']['p50']:.3f} |")
+        out += sse_rows(e2, names, label, [("ttfb", "p50", True), ("ttfb", "p99", False),
+                                           ("request_leg", "p50", False), ("total", "p50", False)])
     out.append("")
     ck = rep.checks
     out.append(f"proxy CPU (all threads) per proxied small request: "
