@@ -18,6 +18,10 @@ Phases (direct and proxy interleaved so machine noise hits both equally):
      warm-up excluded; p50/p90/p99 each way and added (proxy - direct) p50/p99.
   2. small JSON, concurrency 8: alternating fixed-duration batches; req/s each way.
   3. SSE, concurrency 1: alternating per request; time to first body chunk (TTFB) and total time.
+     3b: the same with every process idle 20 ms before each call (as an agent spaces its calls).
+     3c (diagnostic, Linux): back to back again with one SCHED_IDLE busy loop per CPU, so no CPU is ever
+     idle when a process wakes. The difference from phase 3 is what the machine's idle exits cost each
+     extra hop (large on a virtual machine, where an idle vCPU halts and waking it is a VM exit).
 
 Targets (issue): added p50 <= 1 ms for small JSON and added SSE TTFB p50 <= 1 ms at concurrency 1.
 Results: a table on stdout, and bench/results/latency-<date>.{json,md} (unless --no-write).
@@ -41,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +163,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+SPINNER = """
+import os
+os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+while True:
+    pass
+"""
+
+
+@contextlib.contextmanager
+def cpus_kept_busy(n: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`n` busy loops at SCHED_IDLE priority: a CPU never goes idle, yet any runnable process preempts the
+    loop at once. Yields no processes where SCHED_IDLE is unavailable (the loops must never compete at
+    normal priority)."""
+    if not hasattr(os, "SCHED_IDLE"):
+        yield []
+        return
+    procs = [subprocess.Popen([sys.executable, "-c", SPINNER], stderr=subprocess.DEVNULL) for _ in range(n)]
+    try:
+        deadline = time.monotonic() + 10
+        while not all(_is_idle_class(p) for p in procs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("a busy loop could not switch to SCHED_IDLE")
+            time.sleep(0.01)
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def _is_idle_class(p: subprocess.Popen[bytes]) -> bool:
+    try:
+        return os.sched_getscheduler(p.pid) == os.SCHED_IDLE
+    except OSError:
+        return False
 
 
 def start_upstream(chunks: int, delay_ms: float, relay_to: int | None = None) -> tuple[subprocess.Popen[str], int]:
@@ -407,6 +449,13 @@ def machine_facts() -> dict[str, Any]:
             if line.startswith("model name"):
                 facts["cpu_model"] = line.split(":", 1)[1].strip()
                 break
+    with contextlib.suppress(OSError):  # how CPUs idle: what a wake-up costs each hop
+        facts["cpuidle_driver"] = Path("/sys/devices/system/cpu/cpuidle/current_driver").read_text().strip()
+    with contextlib.suppress(OSError):
+        facts["guest_halt_poll_ns"] = int(Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns").read_text())
+    with contextlib.suppress(OSError):
+        facts["virtual_machine"] = " hypervisor " in Path("/proc/cpuinfo").read_text().split("\n\n", 1)[0].replace(
+            "\n", " ") + " "
     for mod in ("mitmproxy", "uvloop"):
         try:
             if mod == "mitmproxy":
@@ -440,7 +489,9 @@ def render_table(rep: Report) -> str:
     r = rep.results
     out: list[str] = []
     m = rep.machine
-    out.append(f"machine: nproc={m.get('nproc')} cpu={m.get('cpu_model', '?')} python={m.get('python')} "
+    out.append(f"machine: nproc={m.get('nproc')} cpu={m.get('cpu_model', '?')} virtual={m.get('virtual_machine', '?')} "
+               f"cpuidle={m.get('cpuidle_driver', '?')} guest_halt_poll_ns={m.get('guest_halt_poll_ns', '?')} "
+               f"python={m.get('python')} "
                f"mitmproxy={m.get('mitmproxy')} uvloop={m.get('uvloop')} commit={m.get('git_commit', '?')} "
                f"loadavg start={m.get('loadavg_at_start')} end={m.get('loadavg_at_end')}")
     c = rep.config
@@ -514,6 +565,17 @@ def render_table(rep: Report) -> str:
         out.append("|---|---:|---:|---:|---:|")
         out += sse_rows(e2, names, label, [("ttfb", "p50", True), ("ttfb", "p99", False),
                                            ("request_leg", "p50", False), ("total", "p50", False)])
+    if "sse_c1_busy" in r:
+        e3 = r["sse_c1_busy"]
+        out.append("")
+        out.append(f"| SSE, concurrency 1, back to back, CPUs kept out of idle by {rep.checks.get('busy_loops')} "
+                   "SCHED_IDLE busy loops (diagnostic, ms) | TTFB p50 | TTFB p99 | req leg p50 | headers leg p50 |")
+        out.append("|---|---:|---:|---:|---:|")
+        out += sse_rows(e3, names, label, [("ttfb", "p50", True), ("ttfb", "p99", False),
+                                           ("request_leg", "p50", False), ("head_leg", "p50", False)])
+        share = ", ".join(f"{k} {e['added'][k]['ttfb']['p50'] - e3['added'][k]['ttfb']['p50']:+.3f} ms"
+                          for k in names[1:])
+        out.append(f"added TTFB p50 back to back that is the machine waking idle CPUs (phase 3 minus this): {share}")
     out.append("")
     ck = rep.checks
     out.append(f"proxy CPU (all threads) per proxied small request: "
@@ -591,6 +653,16 @@ async def run_phases(args: argparse.Namespace, targets: list[Target], ppid: int,
               f"{args.sse_idle_requests} streams per target...", file=sys.stderr)
         rep.results["sse_c1_idle"] = await phase_sse(targets, args.sse_idle_requests, args.sse_warmup,
                                                      args.idle_gap_ms / 1000)
+    if args.busy_cpus_requests:
+        ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        with cpus_kept_busy(ncpu) as loops:
+            if not loops:
+                print("[3c] skipped: this OS has no SCHED_IDLE", file=sys.stderr)
+                return
+            print(f"[3c] SSE back to back, {len(loops)} SCHED_IDLE busy loops keeping the CPUs out of idle "
+                  f"(diagnostic): {args.busy_cpus_requests} streams per target...", file=sys.stderr)
+            rep.results["sse_c1_busy"] = await phase_sse(targets, args.busy_cpus_requests, args.sse_warmup)
+            rep.checks["busy_loops"] = len(loops)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -604,6 +676,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sse-requests", type=int, default=200, help="SSE streams each way, concurrency 1")
     ap.add_argument("--sse-idle-requests", type=int, default=150,
                     help="SSE streams per target with an idle gap (--idle-gap-ms) before each (0 = skip)")
+    ap.add_argument("--busy-cpus-requests", type=int, default=100,
+                    help="SSE streams per target back to back with the CPUs kept out of idle by SCHED_IDLE busy "
+                         "loops: a diagnostic of the machine's wake-up cost (0 = skip)")
     ap.add_argument("--sse-warmup", type=int, default=10)
     ap.add_argument("--sse-chunks", type=int, default=50, help="SSE events per stream (incl. usage and [DONE])")
     ap.add_argument("--sse-delay-ms", type=float, default=1.0, help="upstream delay before each SSE event")

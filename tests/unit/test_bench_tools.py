@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,17 +24,52 @@ def test_pipeline_cpu_measures_real_capture_work() -> None:
     assert spans >= 460, out.stdout
 
 
+def busy_loops() -> list[int]:
+    """Pids of live processes running the benchmark's busy-loop program."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"os.SCHED_IDLE" in cmd:
+                pids.append(int(d.name))
+    return pids
+
+
+def test_busy_loops_run_at_idle_priority_and_stop() -> None:
+    """The diagnostic's busy loops must never compete with real work: SCHED_IDLE while they run, gone after."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import latency
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    with latency.cpus_kept_busy(2) as procs:
+        assert len(procs) == 2
+        assert all(os.sched_getscheduler(p.pid) == os.SCHED_IDLE for p in procs)
+        assert all(p.poll() is None for p in procs)
+    assert all(p.poll() is not None for p in procs)
+    assert not set(busy_loops()) & {p.pid for p in procs}
+
+
 def test_latency_bench_runs_every_phase_end_to_end() -> None:
     """A tiny run of bench/latency.py: real proxy, fake upstream and relay processes on 127.0.0.1."""
-    out = subprocess.run([sys.executable, str(REPO / "bench" / "latency.py"), "--requests", "20", "--warmup", "5",
-                          "--idle-requests", "5", "--sse-requests", "6", "--sse-idle-requests", "6", "--sse-warmup",
-                          "2", "--c8-seconds", "0.4", "--c8-batches", "2", "--sse-chunks", "5", "--sse-delay-ms",
-                          "0.2", "--no-write"], capture_output=True, text=True, timeout=180, cwd=REPO)
+    args = ["--requests", "20", "--warmup", "5", "--idle-requests", "5", "--sse-requests", "6",
+            "--sse-idle-requests", "6", "--busy-cpus-requests", "6", "--sse-warmup", "2", "--c8-seconds", "0.4",
+            "--c8-batches", "2", "--sse-chunks", "5", "--sse-delay-ms", "0.2", "--no-write"]
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "latency.py"), *args],
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     for table in ("| small JSON, concurrency 1 (ms) |", "| small JSON, concurrency 8 |",
-                  "| SSE, concurrency 1 (ms) |", "| SSE, concurrency 1, 20 ms idle before each call (ms) |"):
+                  "| SSE, concurrency 1 (ms) |", "| SSE, concurrency 1, 20 ms idle before each call (ms) |",
+                  "SCHED_IDLE busy loops (diagnostic, ms) |"):
         assert table in text, text
+    assert re.search(r"^added TTFB p50 back to back that is the machine waking idle CPUs \(phase 3 minus this\): "
+                     r"proxy [-+][\d.]+ ms, relay [-+][\d.]+ ms$", text, re.M), text
+    assert re.search(r"^machine: .* cpuidle=\S+ ", text, re.M), text
+    assert not busy_loops(), "the benchmark left its busy loops running"
     assert "SSE body byte-identical on every path: True" in text
     assert "capture errors: 0" in text
     targets = re.findall(r"^target (.+): (-?[\d.]+) ms <= 1\.0 ms  (PASS|MISS)$", text, re.M)
