@@ -216,6 +216,22 @@ def start_upstream(chunks: int, delay_ms: float, relay_to: int | None = None) ->
     return p, int(line.split()[1])
 
 
+def start_bare_mitmproxy(upstream_port: int, confdir: Path, root: Path = ROOT,
+                         python: str | None = None) -> tuple[subprocess.Popen[str], int]:
+    """mitmproxy without our addons (bench/_bare_mitmproxy.py), tuned by the same checkout's proxy.tuning."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
+    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    p = subprocess.Popen([python or sys.executable, str(BENCH / "_bare_mitmproxy.py"), "--upstream",
+                          str(upstream_port), "--confdir", str(confdir)], cwd=root, env=env, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if not line.startswith("PORT "):
+        p.kill()
+        raise RuntimeError(f"bare mitmproxy did not start: {line!r}")
+    return p, int(line.split()[1])
+
+
 def start_proxy(upstream_port: int, data_dir: Path, cprofile: str | None,
                 root: Path = ROOT, python: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
@@ -299,7 +315,7 @@ class Report:
 
 @dataclass
 class Target:
-    name: str  # "direct", "proxy" or "relay"
+    name: str  # "direct", "proxy", "mitmproxy" (bare, the floor for mitmproxy itself) or "relay"
     port: int
     prefix: str  # path prefix: "" direct, "/fake" through the proxy
 
@@ -498,8 +514,9 @@ def render_table(rep: Report) -> str:
     out.append(f"config: requests={c['requests']} sse_requests={c['sse_requests']} sse_chunks={c['sse_chunks']} "
                f"sse_delay_ms={c['sse_delay_ms']} c8_seconds={c['c8_seconds']}; targets interleaved per request")
     out.append("")
-    names = [n for n in ("direct", "proxy", "relay") if n in r["small_c1"]]
-    label = {"direct": "direct", "proxy": "**proxy**", "relay": "tcp relay (floor)"}
+    names = [n for n in ("direct", "proxy", "mitmproxy", "relay") if n in r["small_c1"]]
+    label = {"direct": "direct", "proxy": "**proxy**", "mitmproxy": "bare mitmproxy (floor)",
+             "relay": "tcp relay (floor)"}
     s = r["small_c1"]
     out.append("| small JSON, concurrency 1 (ms) | p50 | p90 | p99 | mean |")
     out.append("|---|---:|---:|---:|---:|")
@@ -576,6 +593,18 @@ def render_table(rep: Report) -> str:
         share = ", ".join(f"{k} {e['added'][k]['ttfb']['p50'] - e3['added'][k]['ttfb']['p50']:+.3f} ms"
                           for k in names[1:])
         out.append(f"added TTFB p50 back to back that is the machine waking idle CPUs (phase 3 minus this): {share}")
+    if "mitmproxy" in names:
+        def ours(added: dict[str, Any], metric: str | None) -> float:
+            p, b = added["proxy"], added["mitmproxy"]
+            return (p[metric]["p50"] - b[metric]["p50"]) if metric else (p["p50"] - b["p50"])
+
+        parts = [f"small JSON {ours(s['added'], None):+.3f} ms",
+                 f"SSE TTFB back to back {ours(e['added'], 'ttfb'):+.3f} ms"]
+        if "sse_c1_idle" in r:
+            parts.append(f"SSE TTFB {c['idle_gap_ms']:.0f} ms idle {ours(r['sse_c1_idle']['added'], 'ttfb'):+.3f} ms")
+        out.append("")
+        out.append("what our addons add beyond mitmproxy itself (added by proxy minus added by bare mitmproxy, p50): "
+                   + ", ".join(parts))
     out.append("")
     ck = rep.checks
     out.append(f"proxy CPU (all threads) per proxied small request: "
@@ -583,7 +612,7 @@ def render_table(rep: Report) -> str:
                f"per SSE stream: {ck.get('proxy_cpu_ms_per_sse_request', 0):.3f} ms")
     out.append(f"SSE body byte-identical on every path: {e['body_identical']}; spans in the proxy's local store after "
                f"the run: {ck.get('spans_stored')}; capture errors: {ck.get('capture_errors')}")
-    out.append(f"new upstream connections (proxy + relay, keep-alive check): concurrency-1 phase "
+    out.append(f"new upstream connections (all hops, keep-alive check): concurrency-1 phase "
                f"({c['requests'] + c['warmup']} requests each) {ck.get('upstream_connections_opened_c1')}, SSE phase "
                f"({c['sse_requests'] + c['sse_warmup']} streams each) {ck.get('upstream_connections_opened_sse')}")
     out.append("")
@@ -685,6 +714,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c8-seconds", type=float, default=8.0, help="total concurrency-8 time (split both ways)")
     ap.add_argument("--c8-batches", type=int, default=4, help="alternating batches per side at concurrency 8")
     ap.add_argument("--no-relay", action="store_true", help="skip the plain TCP relay baseline target")
+    ap.add_argument("--no-bare-mitmproxy", action="store_true",
+                    help="skip the bare-mitmproxy target (mitmproxy tuned as ours, without our addons)")
     ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
     ap.add_argument("--no-write", action="store_true", help="print only; don't write bench/results/")
     ap.add_argument("--py-spy-rate", type=int, default=250, help="py-spy samples per second")
@@ -713,7 +744,12 @@ def main(argv: list[str] | None = None) -> int:
     proxy, pport = start_proxy(uport, data_dir, args.cprofile, args.proxy_root.resolve(), args.proxy_python)
     spy: subprocess.Popen[bytes] | None = None
     relay: subprocess.Popen[str] | None = None
+    bare: subprocess.Popen[str] | None = None
     targets = [Target("direct", uport, ""), Target("proxy", pport, "/fake")]
+    if not args.no_bare_mitmproxy:
+        bare, bport = start_bare_mitmproxy(uport, data_dir / "bare-mitmproxy", args.proxy_root.resolve(),
+                                           args.proxy_python)
+        targets.append(Target("mitmproxy", bport, ""))
     if not args.no_relay:
         relay, rport = start_upstream(args.sse_chunks, args.sse_delay_ms, relay_to=uport)
         targets.append(Target("relay", rport, ""))
@@ -740,6 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         rep.checks["proxy_exit_code"] = stop(proxy)
         if relay is not None:
             stop(relay, 5)
+        if bare is not None:
+            stop(bare, 5)
         stop(upstream, 5)
     db = data_dir / "traces.db"
     with contextlib.suppress(Exception):

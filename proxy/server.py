@@ -38,15 +38,7 @@ from addon.spool import Spool
 from addon.store import LocalStore
 from addon.transport import OTLPTransport
 from proxy.settings import Settings
-from proxy.tuning import (
-    fast_context_fork,
-    fast_header_lookups,
-    fast_option_reads,
-    skip_message_typechecks,
-    use_compatible_eager_tasks,
-    use_hook_cache,
-    use_inline_hooks,
-)
+from proxy.tuning import tune_mitmproxy, use_hook_cache
 
 log = logging.getLogger("neatlogs.proxy")
 
@@ -224,12 +216,7 @@ async def serve(settings: Settings) -> int:
         log.error("%s", problem)
         return 1
     install_json_errors()
-    skip_message_typechecks()
-    use_compatible_eager_tasks()
-    use_inline_hooks()
-    fast_option_reads()
-    fast_header_lookups()
-    fast_context_fork()
+    tune_mitmproxy()
     app = App(settings)
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())

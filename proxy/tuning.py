@@ -321,3 +321,15 @@ def use_compatible_eager_tasks() -> None:
 
     asyncio_utils.set_eager_task_factory = set_eager_task_factory
     asyncio_utils._neatlogs_eager_tasks = True  # type: ignore[attr-defined]
+
+
+def tune_mitmproxy() -> None:
+    """Every process-wide patch above, as neatlogs-proxy runs mitmproxy (the bench's bare-mitmproxy
+    floor uses the same set, so the two differ only by our addons). Idempotent; `use_hook_cache` is
+    per master and stays separate."""
+    skip_message_typechecks()
+    use_compatible_eager_tasks()
+    use_inline_hooks()
+    fast_option_reads()
+    fast_header_lookups()
+    fast_context_fork()

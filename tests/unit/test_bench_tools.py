@@ -67,8 +67,15 @@ def test_latency_bench_runs_every_phase_end_to_end() -> None:
                   "SCHED_IDLE busy loops (diagnostic, ms) |"):
         assert table in text, text
     assert re.search(r"^added TTFB p50 back to back that is the machine waking idle CPUs \(phase 3 minus this\): "
-                     r"proxy [-+][\d.]+ ms, relay [-+][\d.]+ ms$", text, re.M), text
+                     r"proxy [-+][\d.]+ ms, mitmproxy [-+][\d.]+ ms, relay [-+][\d.]+ ms$", text, re.M), text
     assert re.search(r"^machine: .* cpuidle=\S+ ", text, re.M), text
+    # Every target in every table (small JSON c1, c1 idle, c8; SSE back to back, idle, busy), and an "added"
+    # row in each but the concurrency-8 one.
+    for row, n in (("| bare mitmproxy (floor) |", 6), ("| tcp relay (floor) |", 6), ("| added by mitmproxy |", 5)):
+        assert text.count(row) == n, (row, text)
+    assert re.search(r"^what our addons add beyond mitmproxy itself \(added by proxy minus added by bare mitmproxy, "
+                     r"p50\): small JSON [-+][\d.]+ ms, SSE TTFB back to back [-+][\d.]+ ms, SSE TTFB 20 ms idle "
+                     r"[-+][\d.]+ ms$", text, re.M), text
     assert not busy_loops(), "the benchmark left its busy loops running"
     assert "SSE body byte-identical on every path: True" in text
     assert "capture errors: 0" in text

@@ -120,11 +120,7 @@ async def through_proxy(tuned: bool) -> tuple[list[str], list[bytes], bool]:
     master = Master(options.Options(), event_loop=asyncio.get_running_loop())
     if tuned:  # what proxy.server.serve installs
         tuning.use_hook_cache(master)
-        tuning.use_inline_hooks()
-        tuning.skip_message_typechecks()
-        tuning.fast_option_reads()
-        tuning.fast_header_lookups()
-        tuning.fast_context_fork()
+        tuning.tune_mitmproxy()
     hooks = HookLog()
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(), hooks)
     master.options.update(mode=[f"reverse:http://127.0.0.1:{up_port}"], listen_host="127.0.0.1", listen_port=port,
