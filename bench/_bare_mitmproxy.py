@@ -42,11 +42,13 @@ class Listening:
         print(f"PORT {self.port}", flush=True)
 
 
-async def serve(port: int, upstream: int, confdir: str) -> None:
-    tune_mitmproxy()
+async def serve(port: int, upstream: int, confdir: str, stock: bool = False) -> None:
+    if not stock:
+        tune_mitmproxy()
     opts = options.Options()
     master = Master(opts, event_loop=asyncio.get_running_loop())
-    use_hook_cache(master)
+    if not stock:
+        use_hook_cache(master)
     master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
                       errorcheck.ErrorCheck(), StreamBodies(), Listening(port))
     opts.update(mode=[f"reverse:http://127.0.0.1:{upstream}"], listen_host="127.0.0.1", listen_port=port,
@@ -60,6 +62,7 @@ def main() -> int:
     ap.add_argument("--port", type=int, default=0, help="0: pick a free port")
     ap.add_argument("--upstream", type=int, required=True)
     ap.add_argument("--confdir", required=True, help="mitmproxy's CA directory (a temp dir)")
+    ap.add_argument("--stock", action="store_true", help="without proxy.tuning: mitmproxy as shipped")
     args = ap.parse_args()
     port = args.port
     if not port:
@@ -69,9 +72,9 @@ def main() -> int:
     try:
         import uvloop
 
-        uvloop.run(serve(port, args.upstream, args.confdir))
+        uvloop.run(serve(port, args.upstream, args.confdir, args.stock))
     except ImportError:  # pragma: no cover
-        asyncio.run(serve(port, args.upstream, args.confdir))
+        asyncio.run(serve(port, args.upstream, args.confdir, args.stock))
     except KeyboardInterrupt:
         pass
     return 0

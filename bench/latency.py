@@ -216,13 +216,14 @@ def start_upstream(chunks: int, delay_ms: float, relay_to: int | None = None) ->
     return p, int(line.split()[1])
 
 
-def start_bare_mitmproxy(upstream_port: int, confdir: Path, root: Path = ROOT,
-                         python: str | None = None) -> tuple[subprocess.Popen[str], int]:
+def start_bare_mitmproxy(upstream_port: int, confdir: Path, root: Path = ROOT, python: str | None = None,
+                         stock: bool = False) -> tuple[subprocess.Popen[str], int]:
     """mitmproxy without our addons (bench/_bare_mitmproxy.py), tuned by the same checkout's proxy.tuning."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
     env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.Popen([python or sys.executable, str(BENCH / "_bare_mitmproxy.py"), "--upstream",
-                          str(upstream_port), "--confdir", str(confdir)], cwd=root, env=env, stdout=subprocess.PIPE,
+                          str(upstream_port), "--confdir", str(confdir), *(["--stock"] if stock else [])],
+                         cwd=root, env=env, stdout=subprocess.PIPE,
                          text=True)
     assert p.stdout is not None
     line = p.stdout.readline()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -84,3 +85,37 @@ def test_latency_bench_runs_every_phase_end_to_end() -> None:
                                        "proxy added SSE TTFB p50, c1, calls back to back",
                                        "proxy added SSE TTFB p50, c1, 20 ms idle before each call"]
     assert all((float(v) <= 1.0) == (verdict == "PASS") for _, v, verdict in targets)
+
+
+def test_bare_mitmproxy_floor_forwards_streams_tuned_and_stock(tmp_path: Path) -> None:
+    """The floor target, with and without our tuning, passes the upstream's SSE body through unchanged."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import latency
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    up, uport = latency.start_upstream(5, 0.2)
+    procs = []
+    try:
+        ports = {}
+        for stock in (False, True):
+            p, port = latency.start_bare_mitmproxy(uport, tmp_path / f"conf-{stock}", stock=stock)
+            procs.append(p)
+            ports[stock] = port
+
+        async def fetch(port: int) -> tuple[int, bytes]:
+            c = await latency.Conn("127.0.0.1", port, "").open()
+            try:
+                r = await c.send(c.build("POST", "/v1/chat/completions", latency.STREAM_BODY), keep_body=True)
+            finally:
+                c.close()
+            return r.status, r.body
+
+        direct = asyncio.run(fetch(uport))
+        assert direct[0] == 200 and direct[1].endswith(b"data: [DONE]\n\n")
+        for port in ports.values():
+            assert asyncio.run(fetch(port)) == direct
+    finally:
+        for p in procs:
+            latency.stop(p, 5)
+        latency.stop(up, 5)
