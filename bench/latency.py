@@ -1,6 +1,6 @@
 """Latency benchmark: direct to a fake upstream vs through neatlogs-proxy, in one interleaved run.
 
-    .venv/bin/python bench/latency.py                      # defaults: ~1 minute
+    .venv/bin/python bench/latency.py                      # defaults: ~2.5 minutes
     .venv/bin/python bench/latency.py --requests 5000 --sse-requests 300
     .venv/bin/python bench/latency.py --py-spy /tmp/proxy.svg   # also profile the proxy (py-spy installed)
 
@@ -10,14 +10,17 @@ What runs:
     chat.completion of `--sse-chunks` events with `--sse-delay-ms` between them (usage + [DONE]).
   * the real proxy, `python -m proxy.cli`, as a subprocess with a temp data dir, no NEATLOGS_API_KEY
     (local store) and `--route fake=http://127.0.0.1:<upstream>`; stopped with SIGTERM at the end.
+  * `bench/_bare_mitmproxy.py`: mitmproxy tuned as the proxy runs it, without our addons (the floor for
+    anything forwarding through mitmproxy's HTTP layer; `--no-bare-mitmproxy` skips it), and a plain
+    TCP relay (the floor for any extra hop; `--no-relay` skips it).
   * the client: raw asyncio streams on uvloop in this process (no HTTP library overhead), the same code
-    for both targets, one keep-alive connection per target (8 for the concurrency-8 phase).
+    for every target, one keep-alive connection per target (8 for the concurrency-8 phase).
 
-Phases (direct and proxy interleaved so machine noise hits both equally):
-  1. small JSON, concurrency 1: request i goes direct then proxy (odd i: proxy then direct);
-     warm-up excluded; p50/p90/p99 each way and added (proxy - direct) p50/p99.
-  2. small JSON, concurrency 8: alternating fixed-duration batches; req/s each way.
-  3. SSE, concurrency 1: alternating per request; time to first body chunk (TTFB) and total time.
+Phases (targets interleaved, in rotating order, so machine noise hits all of them equally):
+  1. small JSON, concurrency 1: each request to every target in turn; warm-up excluded;
+     p50/p90/p99 per target and added (target - direct) p50/p99. 1b: the same, 20 ms idle before each.
+  2. small JSON, concurrency 8: alternating fixed-duration batches; req/s per target.
+  3. SSE, concurrency 1: interleaved per stream; time to first body chunk (TTFB) and total time.
      3b: the same with every process idle 20 ms before each call (as an agent spaces its calls).
      3c (diagnostic, Linux): back to back again with one SCHED_IDLE busy loop per CPU, so no CPU is ever
      idle when a process wakes. The difference from phase 3 is what the machine's idle exits cost each
