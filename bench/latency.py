@@ -505,6 +505,14 @@ def sse_rows(res: dict[str, Any], names: list[str], label: dict[str, str],
     return rows
 
 
+def sse_table(title: str, res: dict[str, Any], names: list[str], label: dict[str, str],
+              cols: list[tuple[str, str, str, bool]]) -> list[str]:
+    """A markdown table of one SSE phase; `cols` are (header, metric, quantile, bold in the proxy's added
+    row)."""
+    head = f"| {title} | " + " | ".join(c[0] for c in cols) + " |"
+    return [head, "|---|" + "---:|" * len(cols), *sse_rows(res, names, label, [c[1:] for c in cols])]
+
+
 def render_table(rep: Report) -> str:
     r = rep.results
     out: list[str] = []
@@ -564,10 +572,9 @@ def render_table(rep: Report) -> str:
                    f"{x['latency']['p99']:.3f} |")
     out.append("")
     e = r["sse_c1"]
-    out.append("| SSE, concurrency 1 (ms) | headers p50 | TTFB p50 | TTFB p99 | total p50 | total p99 |")
-    out.append("|---|---:|---:|---:|---:|---:|")
-    out += sse_rows(e, names, label, [("head", "p50", False), ("ttfb", "p50", True), ("ttfb", "p99", True),
-                                      ("total", "p50", True), ("total", "p99", False)])
+    out += sse_table("SSE, concurrency 1 (ms)", e, names, label, [
+        ("headers p50", "head", "p50", False), ("TTFB p50", "ttfb", "p50", True), ("TTFB p99", "ttfb", "p99", True),
+        ("total p50", "total", "p50", True), ("total p99", "total", "p99", False)])
     out.append("")
     def ms(v: float) -> str:
         return "n/a" if v != v else f"{v:.3f} ms"  # NaN: no such stream in this rotation
@@ -579,21 +586,18 @@ def render_table(rep: Report) -> str:
                    f"{ms(e[k]['ttfb_b2b']['p50'])}, after another target's {ms(e[k]['ttfb_after_other']['p50'])} "
                    f"(direct: {ms(e['direct']['ttfb_b2b']['p50'])} / {ms(e['direct']['ttfb_after_other']['p50'])})")
     if "sse_c1_idle" in r:
-        e2 = r["sse_c1_idle"]
         out.append("")
-        out.append(f"| SSE, concurrency 1, {c['idle_gap_ms']:.0f} ms idle before each call (ms) | TTFB p50 | "
-                   "TTFB p99 | req leg p50 | total p50 |")
-        out.append("|---|---:|---:|---:|---:|")
-        out += sse_rows(e2, names, label, [("ttfb", "p50", True), ("ttfb", "p99", False),
-                                           ("request_leg", "p50", False), ("total", "p50", False)])
+        out += sse_table(f"SSE, concurrency 1, {c['idle_gap_ms']:.0f} ms idle before each call (ms)", r["sse_c1_idle"],
+                         names, label, [("TTFB p50", "ttfb", "p50", True), ("TTFB p99", "ttfb", "p99", False),
+                                        ("req leg p50", "request_leg", "p50", False),
+                                        ("total p50", "total", "p50", False)])
     if "sse_c1_busy" in r:
         e3 = r["sse_c1_busy"]
         out.append("")
-        out.append(f"| SSE, concurrency 1, back to back, CPUs kept out of idle by {rep.checks.get('busy_loops')} "
-                   "SCHED_IDLE busy loops (diagnostic, ms) | TTFB p50 | TTFB p99 | req leg p50 | headers leg p50 |")
-        out.append("|---|---:|---:|---:|---:|")
-        out += sse_rows(e3, names, label, [("ttfb", "p50", True), ("ttfb", "p99", False),
-                                           ("request_leg", "p50", False), ("head_leg", "p50", False)])
+        out += sse_table(f"SSE, concurrency 1, back to back, CPUs kept out of idle by {rep.checks.get('busy_loops')} "
+                         "SCHED_IDLE busy loops (diagnostic, ms)", e3, names, label,
+                         [("TTFB p50", "ttfb", "p50", True), ("TTFB p99", "ttfb", "p99", False),
+                          ("req leg p50", "request_leg", "p50", False), ("headers leg p50", "head_leg", "p50", False)])
         share = ", ".join(f"{k} {e['added'][k]['ttfb']['p50'] - e3['added'][k]['ttfb']['p50']:+.3f} ms"
                           for k in names[1:])
         out.append(f"added TTFB p50 back to back that is the machine waking idle CPUs (phase 3 minus this): {share}")
