@@ -236,15 +236,16 @@ def start_bare_mitmproxy(upstream_port: int, confdir: Path, root: Path = ROOT, p
     return p, int(line.split()[1])
 
 
-def start_proxy(upstream_port: int, data_dir: Path, cprofile: str | None,
-                root: Path = ROOT, python: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
+def start_proxy(upstream_port: int, data_dir: Path, cprofile: str | None, root: Path = ROOT,
+                python: str | None = None, script: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
     env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = [python or sys.executable]
     if cprofile:
         cmd += ["-m", "cProfile", "-o", cprofile]
-    cmd += ["-m", "proxy.cli", "--port", str(port), "--data-dir", str(data_dir),
+    cmd += [str(script)] if script else ["-m", "proxy.cli"]
+    cmd += ["--port", str(port), "--data-dir", str(data_dir),
             "--route", f"fake=http://127.0.0.1:{upstream_port}", "--log-level", "warning"]
     p = subprocess.Popen(cmd, cwd=root, env=env)
     return p, port
@@ -732,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cprofile", metavar="OUT", help="run the proxy under cProfile (skews its latency)")
     ap.add_argument("--proxy-python", metavar="PYTHON",
                     help="interpreter for the proxy (A/B of Python versions); default: this one")
+    ap.add_argument("--proxy-script", type=Path, metavar="PY",
+                    help="start the proxy with this script (same arguments as proxy.cli) instead of "
+                         "`-m proxy.cli`: experiments such as bench/experiments/lean_http1.py")
     ap.add_argument("--proxy-root", type=Path, default=ROOT,
                     help="run the proxy from another checkout (A/B experiments); default: this repo")
     args = ap.parse_args(argv)
@@ -749,7 +753,8 @@ def main(argv: list[str] | None = None) -> int:
     upstream, uport = start_upstream(args.sse_chunks, args.sse_delay_ms)
     tmp = tempfile.TemporaryDirectory(prefix="neatlogs-bench-")
     data_dir = Path(tmp.name)
-    proxy, pport = start_proxy(uport, data_dir, args.cprofile, args.proxy_root.resolve(), args.proxy_python)
+    proxy, pport = start_proxy(uport, data_dir, args.cprofile, args.proxy_root.resolve(), args.proxy_python,
+                               args.proxy_script.resolve() if args.proxy_script else None)
     spy: subprocess.Popen[bytes] | None = None
     relay: subprocess.Popen[str] | None = None
     bare: subprocess.Popen[str] | None = None

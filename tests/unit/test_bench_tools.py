@@ -119,3 +119,21 @@ def test_bare_mitmproxy_floor_forwards_streams_tuned_and_stock(tmp_path: Path) -
         for p in procs:
             latency.stop(p, 5)
         latency.stop(up, 5)
+
+
+def test_lean_http1_experiment_still_runs_the_whole_capture_path() -> None:
+    """bench/experiments/lean_http1.py (a measurement prototype, not product code) keeps working: the
+    benchmark runs through it, the SSE body arrives byte-identical and capture stores spans."""
+    args = ["--proxy-script", "bench/experiments/lean_http1.py", "--requests", "20", "--warmup", "5",
+            "--idle-requests", "0", "--sse-requests", "6", "--sse-idle-requests", "0", "--busy-cpus-requests", "0",
+            "--sse-warmup", "2", "--c8-seconds", "0.4", "--c8-batches", "2", "--sse-chunks", "5", "--sse-delay-ms",
+            "0.2", "--no-write", "--no-relay", "--no-bare-mitmproxy"]
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "latency.py"), *args],
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    m = re.search(r"SSE body byte-identical on every path: (\w+); spans in the proxy's local store after the run: "
+                  r"(\d+); capture errors: ([\d.]+)", out.stdout)
+    assert m, out.stdout
+    identical, spans, errors = m.groups()
+    # 33 small exchanges (25 at concurrency 1, at least 8 at concurrency 8) and 8 streams, one LLM span each.
+    assert identical == "True" and int(spans) >= 41 and float(errors) == 0, out.stdout
