@@ -48,13 +48,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auth-token", action="append", dest="auth_tokens", metavar="TOKEN",
                    help="require this gateway token (repeatable; env NEATLOGS_PROXY_AUTH_TOKENS)")
     p.add_argument("--auth-token-file", type=Path, help="file with one gateway token per line")
+    p.add_argument("--upstream-ca", type=Path, metavar="PEM",
+                   help="extra CA certificates trusted for upstream HTTPS, besides the public ones "
+                        "(env NEATLOGS_PROXY_UPSTREAM_CA)")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for key in ("host", "port", "data_dir", "idle_timeout", "auth_token_file", "log_format", "log_level"):
+    for key in ("host", "port", "data_dir", "idle_timeout", "auth_token_file", "upstream_ca", "log_format",
+                "log_level"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     base = Settings()

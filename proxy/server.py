@@ -17,7 +17,9 @@ import re
 import signal
 import socket
 import time
+from pathlib import Path
 
+import certifi
 from mitmproxy import http, options, version
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 from mitmproxy.connection import ConnectionState
@@ -82,7 +84,10 @@ def json_error_bytes(status: int, message: str, etype: str | None = None, route=
         etype = "invalid_request" if status < 500 else "upstream_error"
     error: dict[str, object] = {"type": etype, "message": message}
     if route is not None:
-        hint = " (is the upstream running and the route URL right?)" if etype == "upstream_unreachable" else ""
+        hint = ""
+        if etype == "upstream_unreachable":
+            hint = (" (does the upstream use a private CA? trust it with --upstream-ca / NEATLOGS_PROXY_UPSTREAM_CA)"
+                    if "certificate" in message.lower() else " (is the upstream running and the route URL right?)")
         error["message"] = f"route {route.name!r} ({route.url}): {_plain(message)}{hint}"
         error["route"] = route.name
     resp = http.Response.make(status, json.dumps({"error": error}).encode(),
@@ -135,6 +140,17 @@ def cost_function():  # type: ignore[no-untyped-def]
     except ImportError:  # pragma: no cover
         return None
     return compute_cost
+
+
+def upstream_trust_bundle(extra: Path, directory: Path) -> Path:
+    """The public CAs (certifi, what mitmproxy trusts by default) plus `extra`, in one PEM file:
+    mitmproxy's `ssl_verify_upstream_trusted_ca` replaces its default store instead of adding to it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    bundle = directory / "upstream-trust.pem"
+    tmp = bundle.with_suffix(".tmp")
+    tmp.write_bytes(Path(certifi.where()).read_bytes().rstrip(b"\n") + b"\n" + extra.read_bytes())
+    tmp.replace(bundle)
+    return bundle
 
 
 def listen_problem(host: str, port: int) -> str | None:
@@ -236,6 +252,10 @@ async def serve(settings: Settings) -> int:
         neatlogs_max_capture_bytes=settings.max_capture_bytes,
         confdir=str(settings.data_dir / "mitmproxy"),  # mitmproxy's CA files: ours, not ~/.mitmproxy
     )
+    if settings.upstream_ca:
+        bundle = upstream_trust_bundle(settings.upstream_ca, settings.data_dir / "mitmproxy")
+        opts.update(ssl_verify_upstream_trusted_ca=str(bundle))
+        log.info("upstream HTTPS also trusts the CA certificates in %s", settings.upstream_ca)
     # mitmproxy opens its listeners before the `running` hook loads tlsconfig's CA store; a request in
     # between crashed tlsconfig.request. Load the store now, before anything listens.
     master.addons.get("tlsconfig").configure({"confdir"})

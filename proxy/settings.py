@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
+from cryptography import x509
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -44,6 +45,7 @@ class Settings(BaseSettings):
     spool_max_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024)
     auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     auth_token_file: Path | None = None
+    upstream_ca: Path | None = Field(None, description="extra CA certificates (PEM) trusted for upstream HTTPS")
     redact: bool = True
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"
@@ -61,6 +63,22 @@ class Settings(BaseSettings):
         v = v.strip().rstrip("/")
         if not v.startswith(("http://", "https://")):
             raise ValueError(f"NEATLOGS_ENDPOINT must be an http(s) URL, got {v!r}")
+        return v
+
+    @field_validator("upstream_ca")
+    @classmethod
+    def _upstream_ca(cls, v: Path | None) -> Path | None:
+        """Fail at start-up, not at the first request: the file must hold at least one PEM certificate."""
+        if v is None:
+            return None
+        try:
+            data = v.read_bytes()
+        except OSError as exc:
+            raise ValueError(f"upstream CA file {str(v)!r}: {exc.strerror or exc}") from None
+        try:
+            x509.load_pem_x509_certificates(data)
+        except ValueError:
+            raise ValueError(f"upstream CA file {str(v)!r} holds no PEM certificate") from None
         return v
 
     @field_validator("api_key")

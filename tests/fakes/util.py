@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -96,6 +97,7 @@ class LoopbackServer:
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
         self._port = 0
+        self.tls: ssl.SSLContext | None = None  # set before start() to serve HTTPS
 
     def handler_class(self) -> type[TrackedHandler]:
         raise NotImplementedError
@@ -104,6 +106,8 @@ class LoopbackServer:
         handler = type("Handler", (self.handler_class(),), {"owner": self})
         self._server = _Server(("127.0.0.1", self._port), handler)
         self._port = self._server.server_address[1]
+        if self.tls is not None:
+            self._server.socket = self.tls.wrap_socket(self._server.socket, server_side=True)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          name=self.thread_name, daemon=True).start()
         return self
@@ -137,7 +141,7 @@ class LoopbackServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
 
 class RawServer:
