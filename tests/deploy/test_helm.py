@@ -320,7 +320,7 @@ def test_persistence_uses_one_claim_per_replica(full_objs: dict[str, dict[str, A
     assert claim["spec"]["storageClassName"] == "standard"
     assert "replicas" not in sts  # the HPA owns the replica count
     volumes = {v["name"] for v in sts["template"]["spec"]["volumes"]}
-    assert volumes == {"tmp"}  # data comes from the claim template
+    assert volumes == {"tmp", "upstream-ca"}  # data comes from the claim template (upstream-ca: full values)
     assert sts["serviceName"] == FULLNAME
 
 
@@ -424,3 +424,33 @@ def test_values_are_documented() -> None:
         if not documented:
             undocumented.append(key)
     assert not undocumented, undocumented
+
+
+def test_private_upstream_ca_is_mounted_and_set(full_objs: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    pod = full_objs["StatefulSet"]["spec"]["template"]["spec"]
+    c = container(full_objs["StatefulSet"])
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NEATLOGS_PROXY_UPSTREAM_CA"]["value"] == "/etc/neatlogs-proxy/upstream-ca/corp-root.pem"
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/neatlogs-proxy/upstream-ca"] == {"name": "upstream-ca",
+                                                         "mountPath": "/etc/neatlogs-proxy/upstream-ca",
+                                                         "readOnly": True}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["upstream-ca"]["configMap"] == {"name": "corp-ca",
+                                                   "items": [{"key": "corp-root.pem", "path": "corp-root.pem"}]}
+    # From a Secret instead; both at once is refused.
+    secret = render(tmp_path, {"proxy": {"upstreamCA": {"secret": "corp-ca-secret"}}})
+    dep = by_kind(secret["objects"])["Deployment"]
+    vols = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert vols["upstream-ca"]["secret"] == {"secretName": "corp-ca-secret",
+                                             "items": [{"key": "ca.pem", "path": "ca.pem"}]}
+    assert not validate_objects(secret["objects"])
+    values_file = tmp_path / "both.json"
+    values_file.write_text(json.dumps({"proxy": {"upstreamCA": {"configMap": "a", "secret": "b"}}}))
+    out = _helm("template", str(CHART), str(values_file))
+    assert not out["ok"] and "set configMap or secret, not both" in out["error"]
+
+
+def test_no_upstream_ca_by_default(default_objs: dict[str, dict[str, Any]]) -> None:
+    names = [e["name"] for e in container(default_objs["Deployment"])["env"]]
+    assert "NEATLOGS_PROXY_UPSTREAM_CA" not in names

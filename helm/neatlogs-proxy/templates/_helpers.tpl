@@ -144,6 +144,10 @@ spec:
           valueFrom:
             fieldRef:
               fieldPath: metadata.name
+        {{- if or .Values.proxy.upstreamCA.configMap .Values.proxy.upstreamCA.secret }}
+        - name: NEATLOGS_PROXY_UPSTREAM_CA
+          value: /etc/neatlogs-proxy/upstream-ca/{{ .Values.proxy.upstreamCA.key }}
+        {{- end }}
         {{- with .Values.proxy.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -172,10 +176,34 @@ spec:
           mountPath: /data
         - name: tmp
           mountPath: /tmp
+        {{- if or .Values.proxy.upstreamCA.configMap .Values.proxy.upstreamCA.secret }}
+        - name: upstream-ca
+          mountPath: /etc/neatlogs-proxy/upstream-ca
+          readOnly: true
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir:
         sizeLimit: {{ .Values.tmpSizeLimit }}
+    {{- with .Values.proxy.upstreamCA }}
+    {{- if and .configMap .secret }}
+    {{- fail "proxy.upstreamCA: set configMap or secret, not both" }}
+    {{- else if .configMap }}
+    - name: upstream-ca
+      configMap:
+        name: {{ .configMap }}
+        items:
+          - key: {{ .key }}
+            path: {{ .key }}
+    {{- else if .secret }}
+    - name: upstream-ca
+      secret:
+        secretName: {{ .secret }}
+        items:
+          - key: {{ .key }}
+            path: {{ .key }}
+    {{- end }}
+    {{- end }}
     {{- if not .Values.persistence.enabled }}
     - name: data
       emptyDir:
