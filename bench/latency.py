@@ -205,42 +205,45 @@ def _is_idle_class(p: subprocess.Popen[bytes]) -> bool:
         return False
 
 
+def read_port(p: subprocess.Popen[str], what: str) -> int:
+    """The `PORT <n>` line a helper process prints once it listens; kills it if the line is wrong."""
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    if not line.startswith("PORT "):
+        p.kill()
+        raise RuntimeError(f"{what} did not start: {line!r}")
+    return int(line.split()[1])
+
+
+def proxy_env(root: Path) -> dict[str, str]:
+    """This environment without NEATLOGS_* settings, with the checkout `root` first on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
+    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
 def start_upstream(chunks: int, delay_ms: float, relay_to: int | None = None) -> tuple[subprocess.Popen[str], int]:
     """The fake upstream (or, with relay_to, a plain TCP relay to it) in its own process."""
     extra = ["--relay-to", str(relay_to)] if relay_to else []
     p = subprocess.Popen([sys.executable, str(BENCH / "_fake_upstream.py"), "--port", "0",
                           "--sse-chunks", str(chunks), "--sse-delay-ms", str(delay_ms), *extra],
                          stdout=subprocess.PIPE, text=True)
-    assert p.stdout is not None
-    line = p.stdout.readline()
-    if not line.startswith("PORT "):
-        p.kill()
-        raise RuntimeError(f"fake upstream did not start: {line!r}")
-    return p, int(line.split()[1])
+    return p, read_port(p, "fake upstream")
 
 
 def start_bare_mitmproxy(upstream_port: int, confdir: Path, root: Path = ROOT, python: str | None = None,
                          stock: bool = False) -> tuple[subprocess.Popen[str], int]:
     """mitmproxy without our addons (bench/_bare_mitmproxy.py), tuned by the same checkout's proxy.tuning."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
-    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.Popen([python or sys.executable, str(BENCH / "_bare_mitmproxy.py"), "--upstream",
                           str(upstream_port), "--confdir", str(confdir), *(["--stock"] if stock else [])],
-                         cwd=root, env=env, stdout=subprocess.PIPE,
-                         text=True)
-    assert p.stdout is not None
-    line = p.stdout.readline()
-    if not line.startswith("PORT "):
-        p.kill()
-        raise RuntimeError(f"bare mitmproxy did not start: {line!r}")
-    return p, int(line.split()[1])
+                         cwd=root, env=proxy_env(root), stdout=subprocess.PIPE, text=True)
+    return p, read_port(p, "bare mitmproxy")
 
 
 def start_proxy(upstream_port: int, data_dir: Path, cprofile: str | None, root: Path = ROOT,
                 python: str | None = None, script: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NEATLOGS_")}
-    env["PYTHONPATH"] = str(root) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = proxy_env(root)
     cmd = [python or sys.executable]
     if cprofile:
         cmd += ["-m", "cProfile", "-o", cprofile]
