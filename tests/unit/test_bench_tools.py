@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,6 +25,15 @@ def test_pipeline_cpu_measures_real_capture_work() -> None:
     # 460 exchanges (200 + 200 warm-up, 30 + 30 measured), one LLM span each, plus each session's root
     # span and turn marker: the pipeline really parsed, correlated and stored them.
     assert spans >= 460, out.stdout
+
+
+def bench_latency() -> ModuleType:
+    """bench/latency.py as a module (bench/ is not a package)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        return importlib.import_module("latency")
+    finally:
+        sys.path.remove(str(REPO / "bench"))
 
 
 def busy_loops() -> list[int]:
@@ -41,11 +52,7 @@ def busy_loops() -> list[int]:
 
 def test_busy_loops_run_at_idle_priority_and_stop() -> None:
     """The diagnostic's busy loops must never compete with real work: SCHED_IDLE while they run, gone after."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import latency
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    latency = bench_latency()
     with latency.cpus_kept_busy(2) as procs:
         assert len(procs) == 2
         assert all(os.sched_getscheduler(p.pid) == os.SCHED_IDLE for p in procs)
@@ -89,11 +96,7 @@ def test_latency_bench_runs_every_phase_end_to_end() -> None:
 
 def test_bare_mitmproxy_floor_forwards_streams_tuned_and_stock(tmp_path: Path) -> None:
     """The floor target, with and without our tuning, passes the upstream's SSE body through unchanged."""
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        import latency
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    latency = bench_latency()
     up, uport = latency.start_upstream(5, 0.2)
     procs = []
     try:
