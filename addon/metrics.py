@@ -74,6 +74,16 @@ class _AppCollector(Collector):
             c = CounterMetricFamily(f"neatlogs_proxy_{key}", key.replace("_", " "))
             c.add_metric([], stats.get(key, 0))
             yield c
+        conns = CounterMetricFamily("neatlogs_proxy_http_connections", "client connections by the HTTP layer "
+                                    "that took them (fast: the proxy's own; mitmproxy: its stock layer)",
+                                    labels=["http_layer"])
+        for layer in ("fast", "mitmproxy"):
+            conns.add_metric([layer], stats.get(f"http_connections_{layer}", 0))
+        yield conns
+        h = CounterMetricFamily("neatlogs_proxy_http_handovers", "fast-path connections handed to mitmproxy's "
+                                "HTTP layer for a request it does not handle (Upgrade, Expect, HTTP/1.0, malformed)")
+        h.add_metric([], stats.get("http_handovers", 0))
+        yield h
         spool = self.app.spool
         for name, value, doc in (("spool_depth", spool.depth, "spans waiting for delivery"),
                                  ("spool_bytes", spool.bytes, "bytes waiting for delivery"),

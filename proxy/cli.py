@@ -51,14 +51,17 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--upstream-ca", type=Path, metavar="PEM",
                    help="extra CA certificates trusted for upstream HTTPS, besides the public ones "
                         "(env NEATLOGS_PROXY_UPSTREAM_CA)")
+    p.add_argument("--http-layer", choices=["fast", "mitmproxy"],
+                   help="which HTTP layer serves clients: the proxy's lean HTTP/1.1 path (default; anything it "
+                        "does not handle goes to mitmproxy's) or mitmproxy's own (env NEATLOGS_PROXY_HTTP_LAYER)")
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
     overrides: dict[str, Any] = {}
-    for key in ("host", "port", "data_dir", "idle_timeout", "auth_token_file", "upstream_ca", "log_format",
-                "log_level"):
+    for key in ("host", "port", "data_dir", "idle_timeout", "auth_token_file", "upstream_ca", "http_layer",
+                "log_format", "log_level"):
         if getattr(args, key, None) is not None:
             overrides[key] = getattr(args, key)
     base = Settings()

@@ -11,25 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import logging
-import re
 import signal
 import socket
 import time
 from pathlib import Path
 
 import certifi
-from mitmproxy import http, options, version
+from mitmproxy import options
 from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
-from mitmproxy.connection import ConnectionState
 from mitmproxy.master import Master
-from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands
-from mitmproxy.proxy.layers.http import _http1
-from mitmproxy.proxy.layers.http._events import ErrorCode, ResponseProtocolError
 
-from addon.capture import Capture, route_of
+from addon.capture import Capture
 from addon.correlate import Correlator
 from addon.endpoints import Endpoints
 from addon.export import Exporter
@@ -39,88 +32,12 @@ from addon.spans import Content
 from addon.spool import Spool
 from addon.store import LocalStore
 from addon.transport import OTLPTransport
+from proxy.errors import install_json_errors
+from proxy.fastpath import FastPath
 from proxy.settings import Settings
 from proxy.tuning import tune_mitmproxy, use_hook_cache
 
 log = logging.getLogger("neatlogs.proxy")
-
-
-# ---- JSON error answers -------------------------------------------------------------------------
-# When mitmproxy itself cannot complete an exchange (upstream unreachable, upstream answered garbage,
-# malformed request from the client) its HTTP/1 server layer writes an HTML page built by
-# `_http1.make_error_response(status, message)`, after the `error` hook, and no hook can replace it.
-# Our clients are LLM SDKs that display `{"error": {"type", "message"}}`, so we install two small
-# patches at bootstrap:
-#   1. `_http1.make_error_response` renders that JSON shape instead of HTML (every caller: malformed
-#      request heads, protocol errors);
-#   2. `Http1Server.send` handles `ResponseProtocolError` itself for routed requests, exactly like the
-#      original (same status, then close), but with the route's name and URL in the answer. The
-#      route is looked up from the request object the server layer shares with the flow
-#      (`addon.capture.ROUTE_OF`, filled in the `requestheaders` hook).
-# Both are idempotent and only change the bytes of the error answer, never when one is sent.
-
-_ERROR_TYPES = {
-    ErrorCode.CONNECT_FAILED: "upstream_unreachable",
-    ErrorCode.GENERIC_SERVER_ERROR: "upstream_error",
-    ErrorCode.RESPONSE_VALIDATION_FAILED: "invalid_upstream_response",
-    ErrorCode.RESPONSE_TOO_LARGE: "upstream_response_too_large",
-    ErrorCode.REQUEST_TOO_LARGE: "request_too_large",
-    ErrorCode.GENERIC_CLIENT_ERROR: "invalid_request",
-    ErrorCode.REQUEST_VALIDATION_FAILED: "invalid_request",
-    ErrorCode.DESTINATION_UNKNOWN: "invalid_request",
-}
-_ERRNO = re.compile(r"^\[Errno -?\d+\]\s*")
-
-
-def _plain(message: str) -> str:
-    """`[Errno 111] Connection refused` → `connection refused`."""
-    text = _ERRNO.sub("", message.strip()) or "unknown error"
-    return text[0].lower() + text[1:] if text[:2] != text[:2].upper() else text
-
-
-def json_error_bytes(status: int, message: str, etype: str | None = None, route=None) -> bytes:  # type: ignore[no-untyped-def]
-    """A complete HTTP/1 error answer (head + JSON body), closing the connection."""
-    if etype is None:
-        etype = "invalid_request" if status < 500 else "upstream_error"
-    error: dict[str, object] = {"type": etype, "message": message}
-    if route is not None:
-        hint = ""
-        if etype == "upstream_unreachable":
-            hint = (" (does the upstream use a private CA? trust it with --upstream-ca / NEATLOGS_PROXY_UPSTREAM_CA)"
-                    if "certificate" in message.lower() else " (is the upstream running and the route URL right?)")
-        error["message"] = f"route {route.name!r} ({route.url}): {_plain(message)}{hint}"
-        error["route"] = route.name
-    resp = http.Response.make(status, json.dumps({"error": error}).encode(),
-                              {"Server": f"neatlogs-proxy (mitmproxy {version.VERSION})", "Connection": "close",
-                               "Content-Type": "application/json"})
-    return http1.assemble_response(resp)
-
-
-def install_json_errors() -> None:
-    if getattr(_http1, "_neatlogs_json_errors", False):
-        return
-    original_send = _http1.Http1Server.send
-
-    def make_error_response(status_code: int, message: str = "") -> bytes:
-        return json_error_bytes(status_code, message)
-
-    def send(self, event):  # type: ignore[no-untyped-def]
-        if isinstance(event, ResponseProtocolError) and self.response is None:
-            status = event.code.http_status_code()
-            route = route_of(self.request)
-            if status is not None and route is not None:
-                # Same as the original branch, with the route in the body.
-                if not (self.conn.state & ConnectionState.CAN_WRITE):
-                    return
-                body = json_error_bytes(status, event.message, _ERROR_TYPES.get(event.code), route)
-                yield commands.SendData(self.conn, body)
-                yield commands.CloseConnection(self.conn)
-                return
-        yield from original_send(self, event)
-
-    _http1.make_error_response = make_error_response
-    _http1.Http1Server.send = send  # type: ignore[method-assign]
-    _http1._neatlogs_json_errors = True  # type: ignore[attr-defined]
 
 
 def scrubber(enabled: bool):  # type: ignore[no-untyped-def]
@@ -238,8 +155,9 @@ async def serve(settings: Settings) -> int:
     master = Master(opts, event_loop=asyncio.get_running_loop())
     use_hook_cache(master)
     started = Started()
-    master.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-                      errorcheck.ErrorCheck(), *app.addons(), started)
+    # FastPath before NextLayer: mitmproxy's own choice only fills in a layer nobody chose.
+    master.addons.add(core.Core(), proxyserver.Proxyserver(), FastPath(app.stats), next_layer.NextLayer(),
+                      tlsconfig.TlsConfig(), errorcheck.ErrorCheck(), *app.addons(), started)
     opts.update(
         mode=["reverse:http://127.0.0.1:9"],  # placeholder: the router picks the upstream per request
         listen_host=settings.host,
@@ -250,6 +168,7 @@ async def serve(settings: Settings) -> int:
         neatlogs_routes=settings.routes,
         neatlogs_auth_tokens=settings.all_auth_tokens(),
         neatlogs_max_capture_bytes=settings.max_capture_bytes,
+        neatlogs_fast_http1=settings.http_layer == "fast",
         confdir=str(settings.data_dir / "mitmproxy"),  # mitmproxy's CA files: ours, not ~/.mitmproxy
     )
     if settings.upstream_ca:

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     auth_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list, repr=False)
     auth_token_file: Path | None = None
     upstream_ca: Path | None = Field(None, description="extra CA certificates (PEM) trusted for upstream HTTPS")
+    http_layer: Literal["fast", "mitmproxy"] = Field(
+        "fast", description="fast: the proxy's lean HTTP/1.1 layer; mitmproxy: mitmproxy's own HTTP layer")
     redact: bool = True
     log_format: Literal["text", "json"] = "text"
     log_level: str = "info"

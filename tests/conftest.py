@@ -435,24 +435,57 @@ class _ProxyExited(Exception):
     pass
 
 
+def http_connections(proxy: ProxyProcess) -> dict[str, float]:
+    """The proxy's own count of client connections by the HTTP layer that served them, and hand-overs."""
+    args = proxy.args
+    token = args[args.index("--auth-token") + 1] if "--auth-token" in args else ""
+    headers = {"x-neatlogs-gateway-token": token} if token else {}
+    answer = httpx.get(f"{proxy.url}/_neatlogs/metrics", headers=headers, timeout=5)
+    assert answer.status_code == 200, answer.text
+    text = answer.text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        for key, name in (('neatlogs_proxy_http_connections_total{http_layer="fast"}', "fast"),
+                          ('neatlogs_proxy_http_connections_total{http_layer="mitmproxy"}', "mitmproxy"),
+                          ("neatlogs_proxy_http_handovers_total", "handovers")):
+            if line.startswith(key + " "):
+                out[name] = float(line.split()[-1])
+    return out
+
+
+@pytest.fixture(params=["fast", "mitmproxy"])
+def http_layer(request: pytest.FixtureRequest) -> str:
+    """Every suite that starts the proxy runs against both HTTP layers it can serve clients with."""
+    return str(request.param)
+
+
 @pytest.fixture
-def proxy_process(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., ProxyProcess]]:
+def proxy_process(tmp_path: Path, request: pytest.FixtureRequest,
+                  http_layer: str) -> Iterator[Callable[..., ProxyProcess]]:
     """Factory: ``proxy_process(routes={"fake": fake_llm.url}, endpoint=..., api_key=...)``.
 
     Started and health-checked on creation; stopped at teardown; logs printed if the test failed.
+    Runs with ``--http-layer`` set to the `http_layer` parameter; at teardown each proxy still
+    running must say that layer served every client connection (the other served none).
     """
     procs: list[ProxyProcess] = []
 
     def make(**kwargs: Any) -> ProxyProcess:
         workdir = tmp_path / f"proxy-{len(procs)}"
         workdir.mkdir()
-        p = ProxyProcess(workdir, **kwargs)
+        env = {"NEATLOGS_PROXY_HTTP_LAYER": http_layer, **(kwargs.pop("env", None) or {})}
+        p = ProxyProcess(workdir, env=env, **kwargs)
         procs.append(p)
         return p.start()
 
     yield make
+    other = "mitmproxy" if http_layer == "fast" else "fast"
+    counts = [http_connections(p) for p in procs
+              if p.running and p.extra_env.get("NEATLOGS_PROXY_HTTP_LAYER") == http_layer and not _failed(request)]
     for p in procs:
         p.stop()
+    for c in counts:
+        assert c.get(http_layer, 0) > 0 and c.get(other, 0) == 0, f"expected the {http_layer} HTTP layer only: {c}"
     if _failed(request):
         for i, p in enumerate(procs):
             print(f"===== proxy #{i} ({' '.join(p.command())}) =====\n{p.logs()}")
