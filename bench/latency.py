@@ -9,7 +9,9 @@ What runs:
     non-streamed chat.completion JSON answered at once, or (for `"stream": true`) a chunked SSE
     chat.completion of `--sse-chunks` events with `--sse-delay-ms` between them (usage + [DONE]).
   * the real proxy, `python -m proxy.cli`, as a subprocess with a temp data dir, no NEATLOGS_API_KEY
-    (local store) and `--route fake=http://127.0.0.1:<upstream>`; stopped with SIGTERM at the end.
+    (local store) and `--route fake=http://127.0.0.1:<upstream>`; stopped with SIGTERM at the end. It
+    runs twice: as shipped (its fast HTTP/1.1 layer, target "proxy") and with `--http-layer mitmproxy`
+    (mitmproxy's HTTP layer, target "proxy-mitm"; `--no-mitmproxy-layer` skips it).
   * `bench/_bare_mitmproxy.py`: mitmproxy tuned as the proxy runs it, without our addons (the floor for
     anything forwarding through mitmproxy's HTTP layer; `--no-bare-mitmproxy` skips it), and a plain
     TCP relay (the floor for any extra hop; `--no-relay` skips it).
@@ -241,7 +243,8 @@ def start_bare_mitmproxy(upstream_port: int, confdir: Path, root: Path = ROOT, p
 
 
 def start_proxy(upstream_port: int, data_dir: Path, cprofile: str | None, root: Path = ROOT,
-                python: str | None = None, script: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
+                python: str | None = None, script: Path | None = None,
+                extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     env = proxy_env(root)
     cmd = [python or sys.executable]
@@ -249,7 +252,7 @@ def start_proxy(upstream_port: int, data_dir: Path, cprofile: str | None, root: 
         cmd += ["-m", "cProfile", "-o", cprofile]
     cmd += [str(script)] if script else ["-m", "proxy.cli"]
     cmd += ["--port", str(port), "--data-dir", str(data_dir),
-            "--route", f"fake=http://127.0.0.1:{upstream_port}", "--log-level", "warning"]
+            "--route", f"fake=http://127.0.0.1:{upstream_port}", "--log-level", "warning", *extra]
     p = subprocess.Popen(cmd, cwd=root, env=env)
     return p, port
 
@@ -530,9 +533,9 @@ def render_table(rep: Report) -> str:
     out.append(f"config: requests={c['requests']} sse_requests={c['sse_requests']} sse_chunks={c['sse_chunks']} "
                f"sse_delay_ms={c['sse_delay_ms']} c8_seconds={c['c8_seconds']}; targets interleaved per request")
     out.append("")
-    names = [n for n in ("direct", "proxy", "mitmproxy", "relay") if n in r["small_c1"]]
-    label = {"direct": "direct", "proxy": "**proxy**", "mitmproxy": "bare mitmproxy (floor)",
-             "relay": "tcp relay (floor)"}
+    names = [n for n in ("direct", "proxy", "proxy-mitm", "mitmproxy", "relay") if n in r["small_c1"]]
+    label = {"direct": "direct", "proxy": "**proxy**", "proxy-mitm": "proxy on mitmproxy's HTTP layer",
+             "mitmproxy": "bare mitmproxy (its HTTP layer, no addons)", "relay": "tcp relay (floor)"}
     s = r["small_c1"]
     out.append("| small JSON, concurrency 1 (ms) | p50 | p90 | p99 | mean |")
     out.append("|---|---:|---:|---:|---:|")
@@ -605,18 +608,26 @@ def render_table(rep: Report) -> str:
         share = ", ".join(f"{k} {e['added'][k]['ttfb']['p50'] - e3['added'][k]['ttfb']['p50']:+.3f} ms"
                           for k in names[1:])
         out.append(f"added TTFB p50 back to back that is the machine waking idle CPUs (phase 3 minus this): {share}")
-    if "mitmproxy" in names:
-        def ours(added: dict[str, Any], metric: str | None) -> float:
-            p, b = added["proxy"], added["mitmproxy"]
-            return (p[metric]["p50"] - b[metric]["p50"]) if metric else (p["p50"] - b["p50"])
+    def difference(a: str, b: str) -> str:
+        """p50 added by target a minus added by target b, per phase."""
+        def d(added: dict[str, Any], metric: str | None) -> float:
+            x, y = added[a], added[b]
+            return (x[metric]["p50"] - y[metric]["p50"]) if metric else (x["p50"] - y["p50"])
 
-        parts = [f"small JSON {ours(s['added'], None):+.3f} ms",
-                 f"SSE TTFB back to back {ours(e['added'], 'ttfb'):+.3f} ms"]
+        parts = [f"small JSON {d(s['added'], None):+.3f} ms", f"SSE TTFB back to back {d(e['added'], 'ttfb'):+.3f} ms"]
         if "sse_c1_idle" in r:
-            parts.append(f"SSE TTFB {c['idle_gap_ms']:.0f} ms idle {ours(r['sse_c1_idle']['added'], 'ttfb'):+.3f} ms")
+            parts.append(f"SSE TTFB {c['idle_gap_ms']:.0f} ms idle {d(r['sse_c1_idle']['added'], 'ttfb'):+.3f} ms")
+        return ", ".join(parts)
+
+    if "proxy-mitm" in names:
         out.append("")
-        out.append("what our addons add beyond mitmproxy itself (added by proxy minus added by bare mitmproxy, p50): "
-                   + ", ".join(parts))
+        out.append("what the fast HTTP layer changes (added by proxy minus added by proxy-mitm, p50): "
+                   + difference("proxy", "proxy-mitm"))
+    if "mitmproxy" in names:
+        ours = "proxy-mitm" if "proxy-mitm" in names else "proxy"
+        out.append("")
+        out.append(f"what our addons add beyond mitmproxy itself (added by {ours} minus added by bare mitmproxy, "
+                   "p50): " + difference(ours, "mitmproxy"))
     out.append("")
     ck = rep.checks
     out.append(f"proxy CPU (all threads) per proxied small request: "
@@ -726,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--c8-seconds", type=float, default=8.0, help="total concurrency-8 time (split both ways)")
     ap.add_argument("--c8-batches", type=int, default=4, help="alternating batches per side at concurrency 8")
     ap.add_argument("--no-relay", action="store_true", help="skip the plain TCP relay baseline target")
+    ap.add_argument("--no-mitmproxy-layer", action="store_true",
+                    help="skip the proxy-mitm target (the proxy with --http-layer mitmproxy)")
     ap.add_argument("--no-bare-mitmproxy", action="store_true",
                     help="skip the bare-mitmproxy target (mitmproxy tuned as ours, without our addons)")
     ap.add_argument("--out-dir", type=Path, default=BENCH / "results")
@@ -738,7 +751,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="interpreter for the proxy (A/B of Python versions); default: this one")
     ap.add_argument("--proxy-script", type=Path, metavar="PY",
                     help="start the proxy with this script (same arguments as proxy.cli) instead of "
-                         "`-m proxy.cli`: experiments such as bench/experiments/lean_http1.py")
+                         "`-m proxy.cli`: experiments that patch the proxy before running it")
     ap.add_argument("--proxy-root", type=Path, default=ROOT,
                     help="run the proxy from another checkout (A/B experiments); default: this repo")
     args = ap.parse_args(argv)
@@ -762,6 +775,12 @@ def main(argv: list[str] | None = None) -> int:
     relay: subprocess.Popen[str] | None = None
     bare: subprocess.Popen[str] | None = None
     targets = [Target("direct", uport, ""), Target("proxy", pport, "/fake")]
+    proxy_mitm: subprocess.Popen[bytes] | None = None
+    if not args.no_mitmproxy_layer:
+        proxy_mitm, mport = start_proxy(uport, data_dir / "mitmproxy-layer", None, args.proxy_root.resolve(),
+                                        args.proxy_python, args.proxy_script.resolve() if args.proxy_script else None,
+                                        ("--http-layer", "mitmproxy"))
+        targets.append(Target("proxy-mitm", mport, "/fake"))
     if not args.no_bare_mitmproxy:
         bare, bport = start_bare_mitmproxy(uport, data_dir / "bare-mitmproxy", args.proxy_root.resolve(),
                                            args.proxy_python)
@@ -771,6 +790,8 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(Target("relay", rport, ""))
     try:
         loop_runner(wait_healthy(pport, proxy))
+        if proxy_mitm is not None:
+            loop_runner(wait_healthy(targets[2].port, proxy_mitm))
         if args.py_spy:
             fmt = {".txt": "raw", ".json": "speedscope"}.get(Path(args.py_spy).suffix, "flamegraph")
             exe = Path(sys.executable).with_name("py-spy")
@@ -790,6 +811,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 spy.wait(30)
         rep.checks["proxy_exit_code"] = stop(proxy)
+        if proxy_mitm is not None:
+            rep.checks["proxy_mitm_exit_code"] = stop(proxy_mitm)
         if relay is not None:
             stop(relay, 5)
         if bare is not None:
