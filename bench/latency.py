@@ -326,12 +326,12 @@ class Report:
 
 @dataclass
 class Target:
-    name: str  # "direct", "proxy", "mitmproxy" (bare, the floor for mitmproxy itself) or "relay"
+    name: str  # "direct", "proxy", "proxy-mitm", "mitmproxy" (bare, the floor for mitmproxy itself) or "relay"
     port: int
     prefix: str  # path prefix: "" direct, "/fake" through the proxy
 
     def session(self, tag: str) -> str | None:
-        return tag if self.name == "proxy" else None  # the plugin's headers only make sense to the proxy
+        return tag if self.name.startswith("proxy") else None  # the plugin's headers only make sense to the proxy
 
 
 def rotations(targets: list[Target], i: int) -> list[Target]:
@@ -604,10 +604,14 @@ def render_table(rep: Report) -> str:
         out += sse_table(f"SSE, concurrency 1, back to back, CPUs kept out of idle by {rep.checks.get('busy_loops')} "
                          "SCHED_IDLE busy loops (diagnostic, ms)", e3, names, label,
                          [("TTFB p50", "ttfb", "p50", True), ("TTFB p99", "ttfb", "p99", False),
-                          ("req leg p50", "request_leg", "p50", False), ("headers leg p50", "head_leg", "p50", False)])
+                          ("req leg p50", "request_leg", "p50", False), ("headers leg p50", "head_leg", "p50", False),
+                          ("total p50", "total", "p50", False)])
         share = ", ".join(f"{k} {e['added'][k]['ttfb']['p50'] - e3['added'][k]['ttfb']['p50']:+.3f} ms"
                           for k in names[1:])
         out.append(f"added TTFB p50 back to back that is the machine waking idle CPUs (phase 3 minus this): {share}")
+        share = ", ".join(f"{k} {e['added'][k]['total']['p50'] - e3['added'][k]['total']['p50']:+.3f} ms"
+                          for k in names[1:])
+        out.append(f"added stream total p50 that is the machine waking idle CPUs (phase 3 minus this): {share}")
     def difference(a: str, b: str) -> str:
         """p50 added by target a minus added by target b, per phase."""
         def d(added: dict[str, Any], metric: str | None) -> float:

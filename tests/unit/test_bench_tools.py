@@ -78,6 +78,9 @@ def test_latency_bench_runs_every_phase_end_to_end() -> None:
     assert re.search(r"^added TTFB p50 back to back that is the machine waking idle CPUs \(phase 3 minus this\): "
                      r"proxy [-+][\d.]+ ms, proxy-mitm [-+][\d.]+ ms, mitmproxy [-+][\d.]+ ms, relay [-+][\d.]+ ms$",
                      text, re.M), text
+    assert re.search(r"^added stream total p50 that is the machine waking idle CPUs \(phase 3 minus this\): "
+                     r"proxy [-+][\d.]+ ms, proxy-mitm [-+][\d.]+ ms, mitmproxy [-+][\d.]+ ms, relay [-+][\d.]+ ms$",
+                     text, re.M), text
     assert re.search(r"^machine: .* cpuidle=\S+ ", text, re.M), text
     # Every target in every table (small JSON c1, c1 idle, c8; SSE back to back, idle, busy), and an "added"
     # row in each but the concurrency-8 one.
