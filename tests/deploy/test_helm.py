@@ -259,6 +259,7 @@ def test_configmap_holds_the_non_secret_settings(default_objs: dict[str, dict[st
     assert cm["NEATLOGS_PROXY_SPOOL_MAX_BYTES"] == "268435456"  # not 2.68435456e+08
     assert cm["NEATLOGS_PROXY_MAX_CAPTURE_BYTES"] == "16777216"
     assert cm["NEATLOGS_PROXY_REDACT"] == "true"
+    assert cm["NEATLOGS_PROXY_HTTP_LAYER"] == "fast"
     assert all(isinstance(v, str) for v in cm.values())
     assert not any("API_KEY" in k or "AUTH_TOKENS" in k for k in cm)
     env_from = container(default_objs["Deployment"])["envFrom"]
