@@ -382,7 +382,7 @@ class FastHttp1(layer.Layer):
                     self.request_body += data
                     continue
                 data = tapped(flow.request.stream, data)
-                if data and self.up is not None:
+                if data and self.up is not None and self.server_state not in (DONE, ERRORED):
                     yield from self.send_upstream(self.up, frame(data, self.request_chunked))
             elif isinstance(h11_event, h11.EndOfMessage):
                 if h11_event.headers:
@@ -401,7 +401,7 @@ class FastHttp1(layer.Layer):
         self.request_reader = None
         if self.request_streamed:
             tail = tapped(request.stream, b"")
-            if tail and self.up is not None:
+            if tail and self.up is not None and self.server_state not in (DONE, ERRORED):
                 yield from self.send_upstream(self.up, frame(tail, self.request_chunked))
             yield HttpRequestHook(flow)
             if self.request_chunked and self.up is not None and self.server_state not in (DONE, ERRORED):
@@ -481,6 +481,7 @@ class FastHttp1(layer.Layer):
         up = Upstream(context, key)  # (appends itself to context.layers: fine, below the TLS layer below)
         if up.tls:
             context.server.sni = request.host
+            context.server.alpn_offers = (b"http/1.1",)  # this layer speaks HTTP/1.1 only
             context.layers.remove(up)
             top = tls.ServerTLSLayer(context)
             context.layers.append(up)
