@@ -32,18 +32,22 @@ def read_head(f: Any) -> tuple[bytes, dict[str, str]]:
 
 def read_message(f: Any) -> tuple[bytes, dict[str, str], bytes]:
     first, headers = read_head(f)
+    return first, headers, read_body(f, headers)
+
+
+def read_body(f: Any, headers: dict[str, str]) -> bytes:
     if headers.get("transfer-encoding") == "chunked":
         body = b""
         while size := int(f.readline().strip(), 16):
             body += f.read(size + 2)[:-2]
         f.readline()
-        return first, headers, body
-    return first, headers, f.read(int(headers.get("content-length", "0")))
+        return body
+    return f.read(int(headers.get("content-length", "0")))
 
 
 class Scripted(RawServer):
     """Keep-alive HTTP/1.1 upstream: answers by path, and notes (connection number, request line,
-    headers, body) for every request."""
+    headers, body) for every request. `/early` answers 413 and hangs up before reading the body."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -58,12 +62,18 @@ class Scripted(RawServer):
         f = conn.makefile("rb")
         try:
             while True:
-                line, headers, body = read_message(f)
+                line, headers = read_head(f)
                 if not line:
                     return
+                path = line.split()[1].decode()
+                if path == "/early":  # refuses the upload from its head, without reading it
+                    with self.lock:
+                        self.requests.append((number, line, headers, b""))
+                    conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    return
+                body = read_body(f, headers)
                 with self.lock:
                     self.requests.append((number, line, headers, body))
-                path = line.split()[1].decode()
                 if path == "/garbage":
                     conn.sendall(b"NOT HTTP AT ALL\r\n\r\n")
                     return
@@ -169,3 +179,29 @@ def test_interim_answers_pass_through_and_the_final_one_follows(upstream: Script
         assert read_message(f)[::2] == (b"HTTP/1.1 200 OK\r\n", OK)
         assert ask(f, sock, get("/ok"))[2] == OK
     assert [n for n, *_ in upstream.requests] == [1, 1]
+
+
+def test_an_answer_before_the_upload_ends_reaches_the_client_and_nothing_breaks(upstream: Scripted,
+                                                                               proxy_process) -> None:
+    """The upstream refuses an upload from its head and hangs up while the client still sends: the client
+    gets the 413, the rest of its body goes nowhere (not to a closed upstream), and the proxy carries on."""
+    proxy = proxy_process(routes={"up": upstream.url})
+    sock, f = connect(proxy)
+    with sock:
+        size = 4 * 1024 * 1024
+        sock.sendall(b"POST /up/early HTTP/1.1\r\nHost: proxy\r\nContent-Type: application/octet-stream\r\n"
+                     b"Content-Length: %d\r\n\r\n" % size + b"x" * 65536)
+        line, _, body = read_message(f)
+        assert line == b"HTTP/1.1 413 Payload Too Large\r\n" and body == b""
+        sent = 65536
+        try:
+            while sent < size:
+                sock.sendall(b"x" * 65536)
+                sent += 65536
+        except OSError:
+            pass  # the proxy may hang up on the rest: either way is fine, as long as nothing breaks
+    sock, f = connect(proxy)
+    with sock:
+        assert ask(f, sock, get("/ok"))[2] == OK
+    assert proxy.running
+    assert "Traceback" not in proxy.logs() and "crashed" not in proxy.logs(), proxy.logs()
