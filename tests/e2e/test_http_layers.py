@@ -70,6 +70,12 @@ class Scripted(RawServer):
                     with self.lock:
                         self.requests.append((number, line, headers, b""))
                     conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    # A lingering close, as real servers do: closing with the upload unread would make the
+                    # kernel reset the connection, and a reset may discard the 413 before anyone reads it.
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.settimeout(10)
+                    while conn.recv(65536):
+                        pass
                     return
                 body = read_body(f, headers)
                 with self.lock:
