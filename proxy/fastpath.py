@@ -200,6 +200,18 @@ def whole_body(content: bytes, chunked: bool, terminate: bool = True) -> bytes:
     return (frame(content, True) if content else b"") + (b"0\r\n\r\n" if terminate else b"")
 
 
+def ends_connection(request: http.Request, response: http.Response, bad_framing: bool) -> bool:
+    """Whether the connection ends with this exchange: either side said `Connection: close` (or is
+    HTTP/1.0 without keep-alive), or the answer is delimited by the connection's end. `bad_framing` is
+    the answer when an addon left framing headers that no longer parse."""
+    try:
+        until_eof = http1.expected_http_body_size(request, response) == -1
+    except ValueError:
+        until_eof = bad_framing
+    return (until_eof or http1.connection_close(request.http_version, request.headers)
+            or http1.connection_close(response.http_version, response.headers))
+
+
 def tapped(stream: Any, data: bytes) -> bytes:
     """What mitmproxy does with `message.stream`: a callable sees (and may change) every chunk."""
     if not callable(stream):
@@ -237,6 +249,11 @@ class FastHttp1(layer.Layer):
 
     def __repr__(self) -> str:
         return f"FastHttp1(client: {self.client_state}, server: {self.server_state})"
+
+    @property
+    def answer_pending(self) -> bool:
+        """The exchange's upstream side has neither finished nor failed."""
+        return self.server_state not in (DONE, ERRORED)
 
     # ---- events ----
 
@@ -323,8 +340,7 @@ class FastHttp1(layer.Layer):
         raw = b"\r\n".join(head) + b"\r\n\r\n" + bytes(self.buf)
         self.stats["http_handovers"] = self.stats.get("http_handovers", 0) + 1
         self.buf = ReceiveBuffer()
-        for up in list(self.idle.values()):
-            yield from self.close_upstream(up)
+        yield from self.close_idle()
         self.stock = HttpLayer(self.context, HTTPMode.transparent)
         yield from self.stock.handle_event(events.Start())
         yield from self.stock.handle_event(events.DataReceived(self.context.client, raw))
@@ -382,7 +398,7 @@ class FastHttp1(layer.Layer):
                     self.request_body += data
                     continue
                 data = tapped(flow.request.stream, data)
-                if data and self.up is not None and self.server_state not in (DONE, ERRORED):
+                if data and self.up is not None and self.answer_pending:
                     yield from self.send_upstream(self.up, frame(data, self.request_chunked))
             elif isinstance(h11_event, h11.EndOfMessage):
                 if h11_event.headers:
@@ -401,10 +417,10 @@ class FastHttp1(layer.Layer):
         self.request_reader = None
         if self.request_streamed:
             tail = tapped(request.stream, b"")
-            if tail and self.up is not None and self.server_state not in (DONE, ERRORED):
+            if tail and self.up is not None and self.answer_pending:
                 yield from self.send_upstream(self.up, frame(tail, self.request_chunked))
             yield HttpRequestHook(flow)
-            if self.request_chunked and self.up is not None and self.server_state not in (DONE, ERRORED):
+            if self.request_chunked and self.up is not None and self.answer_pending:
                 yield from self.send_upstream(self.up, b"0\r\n\r\n")
             if self.server_state == DONE:
                 yield from self.exchange_done()
@@ -425,8 +441,7 @@ class FastHttp1(layer.Layer):
 
     def on_client_closed(self) -> Gen:
         if self.client_state == CLOSED:  # we closed it first
-            for up in list(self.idle.values()):
-                yield from self.close_upstream(up)
+            yield from self.close_idle()
             return
         if self.client_state == BODY and self.request_reader is not None:
             try:
@@ -442,8 +457,7 @@ class FastHttp1(layer.Layer):
             return
         self.client_state = CLOSED
         yield commands.CloseConnection(self.context.client)
-        for up in list(self.idle.values()):
-            yield from self.close_upstream(up)
+        yield from self.close_idle()
 
     def client_failed(self, message: str) -> Gen:
         """The client broke off its exchange (left, or sent a malformed body): as mitmproxy, close the
@@ -453,15 +467,14 @@ class FastHttp1(layer.Layer):
         if flow is None:
             return
         up = self.up
-        if up is not None and self.server_state not in (DONE, ERRORED):
+        if up is not None and self.answer_pending:
             yield from self.close_upstream(up)
-        if self.server_state not in (DONE, ERRORED):
+        if self.answer_pending:
             self.server_state = ERRORED
             flow.error = mflow.Error(message)
             yield HttpErrorHook(flow)
         flow.live = False
-        for up in list(self.idle.values()):
-            yield from self.close_upstream(up)
+        yield from self.close_idle()
 
     # ---- the upstream's side ----
 
@@ -629,7 +642,7 @@ class FastHttp1(layer.Layer):
         got nothing yet (a cut if it did), and the client connection closes, as on mitmproxy's path."""
         flow = self.flow
         assert flow is not None
-        if self.server_state in (DONE, ERRORED):
+        if not self.answer_pending:
             return
         self.server_state = ERRORED
         flow.error = mflow.Error(message)
@@ -674,13 +687,7 @@ class FastHttp1(layer.Layer):
         (or the request is still being sent: the answer came first)."""
         flow = self.flow
         assert flow is not None and flow.response is not None
-        request, response = flow.request, flow.response
-        try:
-            until_eof = http1.expected_http_body_size(request, response) == -1
-        except ValueError:
-            until_eof = True
-        if (until_eof or http1.connection_close(request.http_version, request.headers)
-                or http1.connection_close(response.http_version, response.headers)
+        if (ends_connection(flow.request, flow.response, bad_framing=True)
                 or not up.server.connected or self.client_state != WAIT or up.key in self.idle):
             return False
         self.idle[up.key] = up
@@ -706,20 +713,13 @@ class FastHttp1(layer.Layer):
         flow = self.flow
         assert flow is not None and flow.response is not None
         flow.live = False
-        request, response = flow.request, flow.response
-        try:
-            until_eof = http1.expected_http_body_size(request, response) == -1
-        except ValueError:
-            until_eof = False
         self.flow = None
         self.up = None
         self.server_state = IDLE
-        if (until_eof or http1.connection_close(request.http_version, request.headers)
-                or http1.connection_close(response.http_version, response.headers)):
+        if ends_connection(flow.request, flow.response, bad_framing=False):  # (after the hooks, as mitmproxy)
             self.client_state = CLOSED
             yield commands.CloseConnection(self.context.client)
-            for idle in list(self.idle.values()):
-                yield from self.close_upstream(idle)
+            yield from self.close_idle()
             return
         self.client_state = HEAD
         if self.buf:
@@ -735,7 +735,7 @@ class FastHttp1(layer.Layer):
         if emit_error_hook:
             yield HttpErrorHook(flow)
         flow.live = False
-        if self.up is not None and self.server_state not in (DONE, ERRORED):
+        if self.up is not None and self.answer_pending:
             yield from self.close_upstream(self.up)
         self.client_state = CLOSED
         self.server_state = ERRORED
@@ -747,6 +747,10 @@ class FastHttp1(layer.Layer):
             yield from self.to_upstream(up, Send(data))
         else:
             yield commands.SendData(up.server, data)
+
+    def close_idle(self) -> Gen:
+        for up in list(self.idle.values()):
+            yield from self.close_upstream(up)
 
     def close_upstream(self, up: Upstream) -> Gen:
         if self.idle.get(up.key) is up:
